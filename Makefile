@@ -1,0 +1,25 @@
+# The two commands: `make up` runs the main job, `make test` runs the tests.
+# Both install what the project needs first (once, re-done when setup.cfg changes).
+PY ?= python3
+STAMP := .install.stamp
+
+.PHONY: install up test lint services bench
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services:
+	bash scripts/services.sh
+
+up: install services
+	$(PY) -m hadis_celery.cli up
+
+test: install services
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench.router

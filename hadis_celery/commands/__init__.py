@@ -1,0 +1,1 @@
+"""CLI sub-commands, one module each; ``hadis_celery.cli`` discovers them."""
