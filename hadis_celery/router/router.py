@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
-
-import os
 
 from hadis_celery.router.features import FEATURE_NAMES, FeatureExtractor
 from hadis_celery.router.profile import RouterProfile, tie_break
@@ -39,6 +38,11 @@ class HardnessRouter:
         cache_size: int = 4096,
     ) -> HardnessRouter:
         return cls(RouterProfile.load(profile_path), FeatureExtractor(lexicon_path), cache_size)
+
+    @property
+    def cached(self) -> int:
+        """Number of prompts whose features are in the LRU cache."""
+        return len(self._cache)
 
     # -- features ------------------------------------------------------------------------
     def _cached(self, text: str) -> np.ndarray | None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hadis_celery.router.profile import REFERENCE_WEIGHTS, tie_break
+
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 _EPS = 1e-6
 
@@ -168,3 +170,46 @@ def split_indices(n: int, holdout: float = 0.3, seed: int = 0) -> tuple[np.ndarr
     perm = np.random.default_rng(seed).permutation(n)
     cut = int(round(n * (1.0 - holdout)))
     return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+
+def tune_and_evaluate(
+    feats: np.ndarray,
+    texts: Sequence[str],
+    gains: np.ndarray,
+    *,
+    holdout: float = 0.3,
+    seed: int = 0,
+    candidates: np.ndarray | None = None,
+    n_random: int = 2000,
+    rounds: int = 6,
+    reference_weights: Sequence[float] = REFERENCE_WEIGHTS,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Tune on a train split; report capture on the held-out split for tuned, reference
+    and random routing (normalisation fitted on the train split only)."""
+    train, test = split_indices(len(texts), holdout, seed)
+    mean, std = feats[train].mean(0), feats[train].std(0, ddof=1)
+    std[~(std > 0)] = 1.0
+    z = (feats - mean) / std
+    jitter = np.array([tie_break(t) for t in texts])
+    res = tune_weights(z[train], gains[:, train], jitter=jitter[train],
+                       candidates=candidates, n_random=n_random, rounds=rounds,
+                       seed=seed, progress=progress)
+
+    def held_out(w: Sequence[float]) -> list[float]:
+        s = z[test] @ np.asarray(w) + jitter[test]
+        return [round(float(v), 4) for v in capture_table(s, gains[:, test])[0]]
+
+    return {
+        "weights": list(res.weights),
+        "train_objective": round(res.objective, 4),
+        "tried": res.tried,
+        "train_size": len(train),
+        "test_size": len(test),
+        "ratios": list(DEFAULT_RATIOS),
+        "held_out": {
+            "tuned": held_out(res.weights),
+            "reference": held_out(reference_weights),
+            "random": [round(float(v), 4) for v in random_capture(gains[:, test])],
+        },
+    }
