@@ -1,0 +1,460 @@
+"""The discrete-event simulator.
+
+What is simulated, and how (each choice is the live system's, unless it says otherwise):
+
+- Arrivals come from a trace; each carries its prompt's router score (computed by the real
+  ``HardnessRouter``) and the recorded discriminator score of every model for that prompt.
+- Every ``period_s`` the planner is called with the state the live beat task sees: the
+  demand estimate (EWMA of arrivals), the length and arrival rate of every queue, the
+  worker budget, the SLO, the table, the previous plan.
+- Routing at arrival follows the active plan: ``score`` routing sends the prompt heavy when
+  its router score is above θ, ``random`` routing when a seeded uniform draw is above θ,
+  ``none`` sends everything to the light queue.
+- Workers are bound to queues (``light_<m>``/``heavy_<m>``). A worker takes up to the
+  plan's batch size for its model from its queue, first dropping queries that cannot meet
+  their deadline even alone, then shrinking the batch until its finish time meets every
+  member's deadline. Batch latency comes from the registry (linear between the profiled
+  batch sizes).
+- After a light batch the discriminator reads each prompt's recorded score for that model;
+  below τ the query is requeued to the heavy queue with its original deadline. A query
+  whose light model is no longer the active plan's light model is accepted.
+- A new plan rebinds workers with the fewest moves; a busy worker finishes its batch first;
+  a worker that changes model is unavailable for ``swap_delay_s`` (loading weights);
+  changing role on the same model is free. Queued queries of a queue that loses all its
+  workers move to the new plan's queue of the same role.
+- Every arrival ends exactly once: ``served`` (on time), ``late`` (served after its
+  deadline) or ``dropped`` (predicted to miss it, or still queued when the run ends). Late
+  and dropped are SLO violations.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from planner.cascade import CascadeConfig
+from planner.plan import Plan, PlannerState, QueueState
+from planner.registry import ModelSpec, Registry
+from sim.fid import FidSurface
+
+SERVED, LATE, DROPPED = 0, 1, 2
+STATUS_NAMES = ("served", "late", "dropped")
+PATHS = ("light", "direct", "rerouted")
+_ARRIVAL, _DONE, _READY, _PLAN = 0, 1, 2, 3
+
+
+class Planner(Protocol):
+    def plan(self, state: PlannerState) -> Plan: ...
+
+
+class DemandEstimator(Protocol):
+    def update(self, now: float, arrivals: int, dt: float) -> float: ...
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Per-arrival inputs: arrival times, router scores, recorded quality per model."""
+
+    arrival_s: np.ndarray
+    router_score: np.ndarray
+    quality: Mapping[int, np.ndarray]
+    name: str = "workload"
+
+    def __post_init__(self) -> None:
+        n = len(self.arrival_s)
+        if len(self.router_score) != n or any(len(q) != n for q in self.quality.values()):
+            raise ValueError("workload arrays must have one entry per arrival")
+        if n and np.any(np.diff(self.arrival_s) < 0):
+            raise ValueError("arrivals must be sorted by time")
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    workers: int = 16
+    slo_s: float = 60.0
+    period_s: float = 10.0
+    swap_delay_s: float = 10.0
+    fid_window_s: float = 30.0
+    disc_s: float = 0.0
+    initial_demand: float = 1.0
+    seed: int = 0
+
+
+def batch_seconds(spec: ModelSpec, b: int) -> float:
+    """Batch latency for any ``b`` up to the largest profiled size (linear in between)."""
+    sizes = spec.batch_sizes
+    if b in spec.latency:
+        return float(spec.latency[b])
+    lat = [spec.latency[s] for s in sizes]
+    if b > sizes[-1]:
+        raise ValueError(f"model {spec.name}: batch {b} above the profiled {sizes[-1]}")
+    return float(np.interp(b, sizes, lat))
+
+
+@dataclass
+class SimResult:
+    arrival_s: np.ndarray
+    finish_s: np.ndarray
+    status: np.ndarray
+    path: np.ndarray  # index into PATHS, -1 when dropped before any run
+    served_model: np.ndarray
+    served_quality: np.ndarray
+    drop_reason: list[str | None]
+    timeline: list[dict]
+    fid_windows: list[dict]
+    executions: dict[int, int]
+    settings: SimSettings
+    planner_name: str = ""
+    solve_ms: list[float] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.arrival_s)
+
+    def counts(self) -> dict[str, int]:
+        return {name: int(np.sum(self.status == i)) for i, name in enumerate(STATUS_NAMES)}
+
+    @property
+    def slo_violation_ratio(self) -> float:
+        return float(np.mean(self.status != SERVED)) if self.n else 0.0
+
+    @property
+    def fid(self) -> float:
+        """Image-count-weighted mean of the window FIDs."""
+        ws = [w for w in self.fid_windows if w["images"] > 0 and math.isfinite(w["fid"])]
+        if not ws:
+            return float("nan")
+        return float(sum(w["fid"] * w["images"] for w in ws) / sum(w["images"] for w in ws))
+
+    def summary(self) -> dict:
+        done = self.status != DROPPED
+        lat = self.finish_s[done] - self.arrival_s[done]
+        plans = [t for t in self.timeline if "pair" in t]
+        changes = sum(1 for a, b in zip(plans, plans[1:], strict=False)
+                      if (a["pair"], a["router_ratio"], a["disc_ratio"])
+                      != (b["pair"], b["router_ratio"], b["disc_ratio"]))
+        return {
+            "planner": self.planner_name,
+            "queries": self.n,
+            **self.counts(),
+            "slo_violation_ratio": round(self.slo_violation_ratio, 5),
+            "fid": round(self.fid, 4),
+            "mean_quality": round(float(np.nanmean(self.served_quality[done])), 6)
+            if done.any() else float("nan"),
+            "latency_p50_s": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
+            "latency_p99_s": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
+            "executions": {str(k): v for k, v in sorted(self.executions.items())},
+            "plan_changes": changes,
+            "solve_ms_p50": round(float(np.median(self.solve_ms)), 3) if self.solve_ms else None,
+        }
+
+
+class Simulation:
+    def __init__(
+        self,
+        workload: Workload,
+        registry: Registry,
+        table: Sequence[CascadeConfig],
+        planner: Planner,
+        demand: DemandEstimator,
+        surface: FidSurface,
+        settings: SimSettings = SimSettings(),
+        theta_for: Callable[[float], float] | None = None,
+        name: str = "",
+    ) -> None:
+        self.w = workload
+        self.registry = registry
+        self.table = list(table)
+        self.planner = planner
+        self.demand = demand
+        self.surface = surface
+        self.s = settings
+        self.theta_for = theta_for
+        self.name = name or type(planner).__name__
+        self.rng = np.random.default_rng(settings.seed)
+        self._uniform = self.rng.random(len(workload))  # per-arrival draw for random routing
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, progress: Callable[[int], None] | None = None) -> SimResult:
+        n, s = len(self.w), self.s
+        self.now = 0.0
+        self.events: list[tuple[float, int, int, int, object]] = []
+        self._seq = 0
+        self.deadline = self.w.arrival_s + s.slo_s
+        self.finish = np.full(n, np.nan)
+        self.status = np.full(n, -1, dtype=int)
+        self.path = np.full(n, -1, dtype=int)
+        self.model = np.full(n, -1, dtype=int)
+        self.quality = np.full(n, np.nan)
+        self.pair_at = np.full((n, 2), -1, dtype=int)
+        self.reason: list[str | None] = [None] * n
+        self.queues: dict[str, deque[int]] = {}
+        self.enqueued: dict[str, int] = {}
+        self.w_queue: list[str | None] = [None] * s.workers
+        self.w_target: list[str | None] = [None] * s.workers
+        self.w_busy = [False] * s.workers
+        self.w_ready_at = [0.0] * s.workers
+        self.executions: dict[int, int] = {m.id: 0 for m in self.registry}
+        self.windows: dict[int, dict[tuple[int, int], dict[str, int]]] = {}
+        self.timeline: list[dict] = []
+        self.solve_ms: list[float] = []
+        self.plan: Plan | None = None
+        self.pending = n
+        self._arrivals_in_period = 0
+        self._progress = progress
+        self._reported = 0
+
+        for i in range(n):
+            self._push(float(self.w.arrival_s[i]), _ARRIVAL, i, None)
+        self._replan(initial=True)
+        self._push(s.period_s, _PLAN, 0, None)
+        while self.events:
+            t, _, kind, a, b = heapq.heappop(self.events)
+            self.now = t
+            if kind == _ARRIVAL:
+                self._arrive(a)
+            elif kind == _DONE:
+                self._done(a, b)
+            elif kind == _READY:
+                self._ready(a)
+            elif kind == _PLAN:
+                if self.pending > 0:
+                    self._replan()
+                    self._push(t + s.period_s, _PLAN, 0, None)
+        for q, dq in self.queues.items():  # unreachable when plans keep workers everywhere
+            while dq:
+                self._end(dq.popleft(), DROPPED, reason=f"still queued on {q} at the end")
+        if progress:
+            progress(n - self._reported)
+        return SimResult(
+            arrival_s=self.w.arrival_s.copy(), finish_s=self.finish, status=self.status,
+            path=self.path, served_model=self.model, served_quality=self.quality,
+            drop_reason=self.reason, timeline=self.timeline,
+            fid_windows=self._fid_windows(), executions=self.executions, settings=s,
+            planner_name=self.name, solve_ms=self.solve_ms,
+        )
+
+    def _push(self, t: float, kind: int, a: int, b: object) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, self._seq, kind, a, b))
+
+    # -- planning -------------------------------------------------------------------------
+    def _queue_state(self) -> dict[str, QueueState]:
+        dt = self.s.period_s
+        names = set(self.queues) | set(self.enqueued)
+        return {q: QueueState(len(self.queues.get(q, ())), self.enqueued.get(q, 0) / dt)
+                for q in sorted(names)}
+
+    def _replan(self, initial: bool = False) -> None:
+        if initial:
+            demand = self.s.initial_demand
+        else:
+            demand = self.demand.update(self.now, self._arrivals_in_period, self.s.period_s)
+        observed = self._arrivals_in_period / self.s.period_s
+        state = PlannerState(
+            demand=float(demand), workers=self.s.workers, slo_s=self.s.slo_s, table=self.table,
+            registry=self.registry, queues=self._queue_state(), previous=self.plan,
+        )
+        plan = self.planner.plan(state)
+        self.solve_ms.append(plan.solve_ms)
+        self._arrivals_in_period = 0
+        self.enqueued = {}
+        self._apply(plan)
+        c = plan.config
+        self.timeline.append({
+            "t": self.now, "observed_qps": observed, "demand_estimate": float(demand),
+            "pair": [c.light, c.heavy], "router_ratio": c.router_ratio,
+            "disc_ratio": c.disc_ratio, "planned_fid": plan.fid, "overloaded": plan.overloaded,
+            "workers": self._workers_by_model(plan),
+            "queued": sum(len(d) for d in self.queues.values()),
+        })
+
+    def _workers_by_model(self, plan: Plan) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for q, k in plan.workers.items():
+            m = str(self.registry.by_queue(q).id)
+            out[m] = out.get(m, 0) + k
+        return out
+
+    def _theta(self, plan: Plan) -> float:
+        if plan.routing == "random":
+            return plan.theta
+        theta = plan.theta
+        if math.isnan(theta):
+            if self.theta_for is None:
+                raise ValueError("the table has no θ and the simulation has no router profile")
+            theta = self.theta_for(plan.config.router_ratio)
+        return theta
+
+    def _apply(self, plan: Plan) -> None:
+        self.plan = plan
+        self.theta = self._theta(plan)
+        self.light_q = self.registry.get(plan.config.light).light_queue
+        single = plan.config.light == plan.config.heavy
+        self.heavy_q = self.light_q if single else self.registry.get(plan.config.heavy).heavy_queue
+        target = {q: k for q, k in plan.workers.items() if k > 0}
+        if sum(target.values()) > self.s.workers:
+            raise ValueError(f"plan uses {sum(target.values())} workers, budget {self.s.workers}")
+        # Keep as many workers as possible where they are; move the rest.
+        keep: dict[str, int] = {}
+        free: list[int] = []
+        for w in range(self.s.workers):
+            q = self.w_target[w]
+            if q is not None and keep.get(q, 0) < target.get(q, 0):
+                keep[q] = keep.get(q, 0) + 1
+            else:
+                free.append(w)
+        for q in sorted(target):
+            for _ in range(target[q] - keep.get(q, 0)):
+                self._retarget(free.pop(0), q)
+        for w in free:
+            self._retarget(w, None)
+        # Queued work on queues that lost every worker moves to the same role's new queue.
+        for q, dq in list(self.queues.items()):
+            if dq and target.get(q, 0) == 0:
+                dest = self.heavy_q if q.startswith("heavy_") else self.light_q
+                if dest != q:
+                    self.queues.setdefault(dest, deque()).extend(dq)
+                    dq.clear()
+        for w in range(self.s.workers):
+            self._dispatch(w)
+
+    def _retarget(self, w: int, queue: str | None) -> None:
+        self.w_target[w] = queue
+        if not self.w_busy[w]:
+            self._bind(w)
+
+    def _bind(self, w: int) -> None:
+        old, new = self.w_queue[w], self.w_target[w]
+        if old == new:
+            return
+        self.w_queue[w] = new
+        if new is None:
+            return
+        old_model = None if old is None else self.registry.by_queue(old).id
+        if old_model is not None and old_model != self.registry.by_queue(new).id:
+            self.w_ready_at[w] = self.now + self.s.swap_delay_s
+            self.w_busy[w] = True
+            self._push(self.w_ready_at[w], _READY, w, None)
+
+    # -- queries ----------------------------------------------------------------------------
+    def _arrive(self, i: int) -> None:
+        self._arrivals_in_period += 1
+        plan = self.plan
+        assert plan is not None
+        c = plan.config
+        self.pair_at[i] = (c.light, c.heavy)
+        if plan.routing == "none" or c.light == c.heavy:
+            heavy = False
+        elif plan.routing == "random":
+            heavy = bool(self._uniform[i] > self.theta)
+        else:
+            heavy = bool(self.w.router_score[i] > self.theta)
+        if heavy:
+            self.path[i] = PATHS.index("direct")
+            self._enqueue(i, self.heavy_q)
+        else:
+            self.path[i] = PATHS.index("light")
+            self._enqueue(i, self.light_q)
+
+    def _enqueue(self, i: int, q: str) -> None:
+        self.queues.setdefault(q, deque()).append(i)
+        self.enqueued[q] = self.enqueued.get(q, 0) + 1
+        for w in range(self.s.workers):
+            if self.w_queue[w] == q and not self.w_busy[w]:
+                self._dispatch(w)
+                break
+
+    def _dispatch(self, w: int) -> None:
+        q = self.w_queue[w]
+        if q is None or self.w_busy[w]:
+            return
+        dq = self.queues.get(q)
+        if not dq:
+            return
+        spec = self.registry.by_queue(q)
+        assert self.plan is not None
+        cap = max(1, min(self.plan.batch.get(spec.id, 1), spec.batch_sizes[-1]))
+        extra = self.s.disc_s if q.startswith("light_") else 0.0
+        l1 = batch_seconds(spec, 1) + extra
+        take: list[int] = []
+        while dq and len(take) < cap:
+            i = dq.popleft()
+            if self.now + l1 > self.deadline[i]:
+                self._end(i, DROPPED, reason=f"cannot meet deadline on {q}")
+                continue
+            take.append(i)
+        if not take:
+            return
+        b = len(take)
+        while b > 1 and self.now + batch_seconds(spec, b) + extra > min(
+                self.deadline[j] for j in take[:b]):
+            b -= 1
+        for j in reversed(take[b:]):
+            dq.appendleft(j)
+        batch = take[:b]
+        self.w_busy[w] = True
+        self.executions[spec.id] += len(batch)
+        self._push(self.now + batch_seconds(spec, b) + extra, _DONE, w, batch)
+
+    def _done(self, w: int, batch: list[int]) -> None:
+        q = self.w_queue[w]
+        assert q is not None and self.plan is not None
+        spec = self.registry.by_queue(q)
+        c = self.plan.config
+        discriminate = q.startswith("light_") and c.light != c.heavy and spec.id == c.light
+        for i in batch:
+            score = float(self.w.quality[spec.id][i])
+            if discriminate and score < c.tau:
+                self.path[i] = PATHS.index("rerouted")
+                self._enqueue(i, self.heavy_q)
+            else:
+                self.model[i] = spec.id
+                self.quality[i] = score
+                self._end(i, SERVED if self.now <= self.deadline[i] + 1e-9 else LATE)
+        self.w_busy[w] = False
+        self._bind(w)
+        self._dispatch(w)
+
+    def _ready(self, w: int) -> None:
+        self.w_busy[w] = False
+        self._bind(w)
+        self._dispatch(w)
+
+    def _end(self, i: int, status: int, reason: str | None = None) -> None:
+        assert self.status[i] == -1, f"query {i} ended twice"
+        self.status[i] = status
+        self.finish[i] = self.now
+        self.reason[i] = reason
+        self.pending -= 1
+        if status != DROPPED:
+            win = int(self.now // self.s.fid_window_s)
+            light, heavy = (int(x) for x in self.pair_at[i])
+            counts = self.windows.setdefault(win, {}).setdefault((light, heavy), {})
+            p = PATHS[self.path[i]]
+            counts[p] = counts.get(p, 0) + 1
+        if self._progress and (self.n_ended % 500 == 0):
+            self._progress(500)
+            self._reported += 500
+
+    @property
+    def n_ended(self) -> int:
+        return len(self.w) - self.pending
+
+    def _fid_windows(self) -> list[dict]:
+        out = []
+        for win in sorted(self.windows):
+            counts = self.windows[win]
+            images = sum(sum(c.values()) for c in counts.values())
+            out.append({"t": win * self.s.fid_window_s, "images": images,
+                        "fid": self.surface.mix_fid(counts)})
+        return out
