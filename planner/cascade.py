@@ -23,6 +23,10 @@ class CascadeConfig:
     fid: float  # quality of the served mix, lower is better
     quality: float = float("nan")  # mean discriminator score of the served images
     service_s: float = 0.0  # expected service seconds per query at batch 1
+    # Added by the profiler (issue 3); defaults keep older call sites valid.
+    light_s: float = float("nan")  # light model's batch-1 seconds per image
+    heavy_s: float = float("nan")  # heavy model's batch-1 seconds per image
+    metric: str = "fid"  # what ``fid`` holds: "fid", or "disc" (1 - mean disc. score)
 
     @property
     def frac_light(self) -> float:
@@ -49,6 +53,25 @@ class CascadeConfig:
         if self.light == self.heavy:
             return {self.light: 1.0}
         return {self.light: self.frac_light, self.heavy: self.frac_heavy}
+
+    def gpu_s_per_query(self) -> dict[int, float]:
+        """Batch-1 GPU-seconds per query per model id: executions per query x seconds.
+
+        This is the load the planner covers with workers (a worker on model ``m`` at batch
+        ``b`` supplies ``b / L_m(b)`` executions per second), so it is the cost the Pareto
+        pruning compares; mean latency alone would hide on which model the time is spent.
+        """
+        secs = {self.light: self.light_s, self.heavy: self.heavy_s}
+        return {m: n * secs[m] for m, n in self.load_per_query().items()}
+
+    @property
+    def gpu_s_total(self) -> float:
+        """Batch-1 GPU-seconds per query over both models."""
+        return sum(self.gpu_s_per_query().values())
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        return (self.light, self.heavy)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,7 +9,8 @@ What is simulated, and how (each choice is the live system's, unless it says oth
   worker budget, the SLO, the table, the previous plan.
 - Routing at arrival follows the active plan: ``score`` routing sends the prompt heavy when
   its router score is above θ, ``random`` routing when a seeded uniform draw is above θ,
-  ``none`` sends everything to the light queue.
+  ``none`` sends everything to the light queue, or everything to the heavy queue when the
+  configuration's router ratio is 1. A single-model row runs on its light queue.
 - Workers are bound to queues (``light_<m>``/``heavy_<m>``). A worker takes up to the
   plan's batch size for its model from its queue, first dropping queries that cannot meet
   their deadline even alone, then shrinking the batch until its finish time meets every
@@ -54,7 +55,9 @@ class Planner(Protocol):
 
 
 class DemandEstimator(Protocol):
-    def update(self, now: float, arrivals: int, dt: float) -> float: ...
+    """``planner.demand.EwmaDemand`` in the live system; an oracle in the bound."""
+
+    def observe(self, arrivals: float, dt_s: float) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,7 @@ class Simulation:
 
         for i in range(n):
             self._push(float(self.w.arrival_s[i]), _ARRIVAL, i, None)
+        last_deadline = float(self.deadline.max()) if n else 0.0
         self._replan(initial=True)
         self._push(s.period_s, _PLAN, 0, None)
         while self.events:
@@ -227,7 +231,8 @@ class Simulation:
             elif kind == _READY:
                 self._ready(a)
             elif kind == _PLAN:
-                if self.pending > 0:
+                # Plan while queries are pending and some deadline can still be met.
+                if self.pending > 0 and t <= last_deadline:
                     self._replan()
                     self._push(t + s.period_s, _PLAN, 0, None)
         for q, dq in self.queues.items():  # unreachable when plans keep workers everywhere
@@ -256,9 +261,10 @@ class Simulation:
 
     def _replan(self, initial: bool = False) -> None:
         if initial:
-            demand = self.s.initial_demand
+            first = getattr(self.demand, "initial", None)
+            demand = first() if callable(first) else self.s.initial_demand
         else:
-            demand = self.demand.update(self.now, self._arrivals_in_period, self.s.period_s)
+            demand = self.demand.observe(self._arrivals_in_period, self.s.period_s)
         observed = self._arrivals_in_period / self.s.period_s
         state = PlannerState(
             demand=float(demand), workers=self.s.workers, slo_s=self.s.slo_s, table=self.table,
@@ -353,8 +359,10 @@ class Simulation:
         assert plan is not None
         c = plan.config
         self.pair_at[i] = (c.light, c.heavy)
-        if plan.routing == "none" or c.light == c.heavy:
+        if c.light == c.heavy:
             heavy = False
+        elif plan.routing == "none":  # no per-query choice: all light, or all heavy (r = 1)
+            heavy = c.router_ratio >= 1.0
         elif plan.routing == "random":
             heavy = bool(self._uniform[i] > self.theta)
         else:

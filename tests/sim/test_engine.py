@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from planner.cascade import CascadeConfig
+from planner.demand import EwmaDemand
 from planner.plan import Plan, PlannerState
 from planner.registry import ModelSpec, Registry
 from sim.engine import DROPPED, LATE, PATHS, SERVED, SimSettings, Simulation, Workload
@@ -38,13 +39,6 @@ class FixedPlanner:
                     slo_s=state.slo_s, budget=state.workers, routing=self.routing)
 
 
-class Ewma:
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def update(self, now: float, arrivals: int, dt: float) -> float:
-        self.value = 0.5 * self.value + 0.5 * arrivals / dt
-        return self.value
 
 
 def workload(trace, rng_seed=0, n_models=2) -> Workload:
@@ -55,7 +49,7 @@ def workload(trace, rng_seed=0, n_models=2) -> Workload:
 
 
 def simulate(trace, planner, settings, seed=0):
-    sim = Simulation(workload(trace, seed), REG, GRID, planner, Ewma(), SURFACE, settings,
+    sim = Simulation(workload(trace, seed), REG, GRID, planner, EwmaDemand(10.0), SURFACE, settings,
                      theta_for=lambda r: 0.0)
     return sim.run()
 
@@ -117,7 +111,7 @@ def test_router_and_discriminator_paths():
     cfg = CascadeConfig(0, 1, 0.5, 0.0, 0.5, 0.5, fid=25.0)  # θ 0 on N(0,1) scores, τ 0.5
     wl = workload(trace)
     sim = Simulation(wl, REG, GRID, FixedPlanner(cfg, {"light_l": 2, "heavy_h": 3}, {0: 1, 1: 1}),
-                     Ewma(), SURFACE, SimSettings(workers=5, slo_s=60.0))
+                     EwmaDemand(10.0), SURFACE, SimSettings(workers=5, slo_s=60.0))
     res = sim.run()
     direct = res.path == PATHS.index("direct")
     assert np.array_equal(direct, wl.router_score > 0.0)

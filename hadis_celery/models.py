@@ -1,0 +1,202 @@
+"""SQL tables (SQLAlchemy 2 declarative) and the small queries that go with them.
+
+SQL is the record: every table the system keeps lives here, on one ``Base`` whose
+metadata the Alembic migrations in ``migrations/`` track. To add a table (queries, plans,
+worker heartbeats...): declare a class on ``Base`` in a new section below, then write a
+revision with ``alembic -c migrations/alembic.ini revision --autogenerate -m "..."``
+(``tests/profile/test_db.py`` checks that the migrations and these classes agree).
+
+Floats: NaN is stored as NULL (SQLite cannot hold NaN) and read back as NaN; ±inf are
+stored as they are (θ and τ of the degenerate rows), which PostgreSQL and SQLite both keep.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    cast,
+    func,
+    select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from planner.cascade import CascadeConfig
+from planner.registry import Registry
+from planner.table import ProfileTable
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Real(TypeDecorator):
+    """A double that maps NaN to NULL and back (SQLite turns NaN into NULL anyway)."""
+
+    impl = Float(precision=53)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return float(value)
+
+    def process_result_value(self, value, dialect):
+        return math.nan if value is None else float(value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- profiles: the cascade configuration tables, with history ------------------------------
+class Profile(Base):
+    """One imported or measured configuration table; (name, version) is unique, and a new
+    import of the same name adds the next version (the latest is the default)."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_profiles_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str] = mapped_column(Text, default="")
+    metric: Mapped[str] = mapped_column(String(16), default="fid")
+    # Registry.to_list() snapshot (``registry`` is reserved on declarative classes)
+    registry_snapshot: Mapped[list] = mapped_column("registry", JSON)
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)  # score quantiles, router, notes
+    rows: Mapped[list[ProfileRow]] = relationship(
+        back_populates="profile", cascade="all, delete-orphan", order_by="ProfileRow.idx")
+
+    def to_table(self) -> ProfileTable:
+        meta = dict(self.meta or {})
+        quantiles = {int(m): q for m, q in dict(meta.pop("score_quantiles", {})).items()}
+        return ProfileTable(
+            name=self.name, registry=Registry.from_list(self.registry_snapshot),
+            rows=tuple(r.to_config() for r in self.rows), metric=self.metric,
+            source=self.source, score_quantiles=quantiles, meta=meta,
+            created=self.created.isoformat(timespec="seconds") if self.created else "",
+            version=self.version,
+        )
+
+
+class ProfileRow(Base):
+    """One ``CascadeConfig`` of a profile, with its Pareto flags (computed at import)."""
+
+    __tablename__ = "profile_rows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    profile_id: Mapped[int] = mapped_column(
+        ForeignKey("profiles.id", ondelete="CASCADE"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)  # row order in the source table
+    light: Mapped[int] = mapped_column(Integer)
+    heavy: Mapped[int] = mapped_column(Integer)
+    router_ratio: Mapped[float] = mapped_column(Real)
+    theta: Mapped[float] = mapped_column(Real, nullable=True)
+    disc_ratio: Mapped[float] = mapped_column(Real)
+    tau: Mapped[float] = mapped_column(Real, nullable=True)
+    fid: Mapped[float] = mapped_column(Real)
+    quality: Mapped[float] = mapped_column(Real, nullable=True)
+    service_s: Mapped[float] = mapped_column(Real)
+    light_s: Mapped[float] = mapped_column(Real, nullable=True)
+    heavy_s: Mapped[float] = mapped_column(Real, nullable=True)
+    pareto: Mapped[bool] = mapped_column(Boolean, default=False)  # on the union front
+    pareto_pair: Mapped[bool] = mapped_column(Boolean, default=False)  # on its pair's front
+    profile: Mapped[Profile] = relationship(back_populates="rows")
+
+    CONFIG_FIELDS = ("light", "heavy", "router_ratio", "theta", "disc_ratio", "tau", "fid",
+                     "quality", "service_s", "light_s", "heavy_s")
+
+    def to_config(self) -> CascadeConfig:
+        return CascadeConfig(**{f: getattr(self, f) for f in self.CONFIG_FIELDS},
+                             metric=self.profile.metric)
+
+    @classmethod
+    def from_config(cls, idx: int, c: CascadeConfig, pareto: bool, pareto_pair: bool
+                    ) -> ProfileRow:
+        return cls(idx=idx, pareto=pareto, pareto_pair=pareto_pair,
+                   **{f: getattr(c, f) for f in cls.CONFIG_FIELDS})
+
+
+def save_profile(session: Session, table: ProfileTable) -> Profile:
+    """Add ``table`` as the next version of its name (the caller's transaction commits)."""
+    latest = session.scalar(select(func.max(Profile.version)).where(Profile.name == table.name))
+    union, per_pair = table.pareto_flags()
+    meta = dict(table.meta)
+    meta["score_quantiles"] = {str(m): list(q) for m, q in table.score_quantiles.items()}
+    profile = Profile(
+        name=table.name, version=(latest or 0) + 1, source=table.source,
+        metric=table.metric, registry_snapshot=table.registry.to_list(), meta=meta,
+        rows=[ProfileRow.from_config(i, c, union[i], per_pair[i])
+              for i, c in enumerate(table.rows)],
+    )
+    session.add(profile)
+    session.flush()
+    return profile
+
+
+def get_profile(session: Session, name: str, version: int | None = None) -> Profile | None:
+    """The named profile at ``version``, or its latest version."""
+    q = select(Profile).where(Profile.name == name)
+    q = q.where(Profile.version == version) if version is not None else q.order_by(
+        Profile.version.desc())
+    return session.scalars(q.limit(1)).first()
+
+
+def list_profiles(session: Session) -> list[tuple[Profile, int, int]]:
+    """Every stored profile version with its row count and Pareto row count."""
+    counts = (
+        select(ProfileRow.profile_id, func.count().label("n"),
+               func.sum(cast(ProfileRow.pareto, Integer)).label("p"))
+        .group_by(ProfileRow.profile_id).subquery()
+    )
+    q = (select(Profile, counts.c.n, counts.c.p)
+         .outerjoin(counts, counts.c.profile_id == Profile.id)
+         .order_by(Profile.name, Profile.version))
+    return [(p, int(n or 0), int(k or 0)) for p, n, k in session.execute(q)]
+
+
+# -- router profiles: the router's fitted normalisation, weights and quantiles -------------
+class RouterProfileRow(Base):
+    """A ``RouterProfile.to_dict()`` body stored as a SQL row (latest per name wins)."""
+
+    __tablename__ = "router_profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    body: Mapped[dict] = mapped_column(JSON)
+
+
+def save_router_profile(session: Session, name: str, body: dict) -> RouterProfileRow:
+    row = RouterProfileRow(name=name, body=body)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get_router_profile(session: Session, name: str) -> RouterProfileRow | None:
+    q = (select(RouterProfileRow).where(RouterProfileRow.name == name)
+         .order_by(RouterProfileRow.id.desc()).limit(1))
+    return session.scalars(q).first()

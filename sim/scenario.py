@@ -1,0 +1,94 @@
+"""The simulated cluster of the paper's evaluation, built from the reference measurements.
+
+Defaults (documented in the README): 16 workers, SLO 60 s, the sd35 registry (batch-1
+latencies of the reference README, the registry's batch-latency assumption), the full
+hybrid grid for the FID surface, its Pareto rows for the planners, the shipped tuned
+router profile with the reference concreteness lexicon, a planning period of 5 s, an
+EWMA half-life of 10 s (the 347 s traces compress 347 hours: demand moves within
+seconds), and a 10 s swap delay (loading a large diffusion model's weights on a GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+from hadis_celery.reference import read_prompts, reference_dir
+from hadis_celery.router import FeatureExtractor, HardnessRouter, RouterProfile
+from hadis_celery.settings import settings
+from planner.cascade import CascadeConfig
+from planner.pareto import pareto_front
+from planner.reference_table import load_reference_table, load_scores
+from planner.registry import Registry, sd35_registry
+from sim.engine import SimSettings
+from sim.fid import FidSurface
+from sim.workload import PromptSet, derived_set, scored_set
+
+PERIOD_S = 5.0
+HALF_LIFE_S = 10.0
+SWAP_DELAY_S = 10.0
+TRACES = ("azure_multi_1to20qps.txt", "azure_multi_1to24qps.txt", "azure_multi_1to32qps.txt")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    registry: Registry
+    grid: list[CascadeConfig]  # every profiled row (the FID surface)
+    table: list[CascadeConfig]  # the rows the planners choose from (Pareto front)
+    surface: FidSurface
+    router: HardnessRouter
+    imagenet: PromptSet
+    settings: SimSettings
+    half_life_s: float = HALF_LIFE_S
+    reference: Path = Path(".")
+
+    def with_settings(self, **kw) -> Scenario:
+        return replace(self, settings=replace(self.settings, **kw))
+
+    def trace_path(self, name: str) -> Path:
+        return self.reference / "traces" / name
+
+    def diffusiondb(self, seed: int = 0) -> PromptSet:
+        return _diffusiondb(self, seed)
+
+
+@lru_cache(maxsize=2)
+def _router(profile_path: str, lexicon: str | None) -> HardnessRouter:
+    return HardnessRouter(RouterProfile.load(profile_path), FeatureExtractor(lexicon))
+
+
+def default_scenario(ref: Path | None = None, *, workers: int = 16, slo_s: float = 60.0,
+                     seed: int = 0) -> Scenario:
+    ref = Path(ref) if ref else reference_dir()
+    return _scenario(str(ref), workers, slo_s, seed)
+
+
+@lru_cache(maxsize=4)
+def _scenario(ref_s: str, workers: int, slo_s: float, seed: int) -> Scenario:
+    ref = Path(ref_s)
+    s = settings()
+    lexicon = ref / "router" / "concreteness.csv"
+    router = _router(str(s.router_profile), str(lexicon) if lexicon.is_file() else None)
+    prompts = read_prompts(ref / "prompts" / "imagenet1k_captions_5k.txt")
+    registry = sd35_registry()
+    scores = load_scores(ref / "profile-sd35", len(prompts))
+    imagenet = scored_set("imagenet", prompts, router, scores)
+    grid = load_reference_table(ref / "profile-sd35", registry, router.profile,
+                                router_scores=imagenet.router_score, scores=scores)
+    table = list(pareto_front(grid))
+    sim = SimSettings(workers=workers, slo_s=slo_s, period_s=PERIOD_S,
+                      swap_delay_s=SWAP_DELAY_S, seed=seed)
+    return Scenario(registry, grid, table, FidSurface(grid), router, imagenet, sim,
+                    reference=ref)
+
+
+_DDB: dict[tuple[int, int], PromptSet] = {}
+
+
+def _diffusiondb(sc: Scenario, seed: int) -> PromptSet:
+    key = (id(sc.imagenet), seed)
+    if key not in _DDB:
+        lines = read_prompts(sc.reference / "prompts" / "diffusiondb_first_5k.txt")
+        _DDB[key] = derived_set("diffusiondb", lines, sc.router, sc.imagenet, seed)
+    return _DDB[key]
