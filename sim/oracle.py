@@ -18,8 +18,10 @@ class OracleDemand:
         self.t = 0.0
 
     def _rate(self, start: float) -> float:
+        # (start, end]: an arrival exactly on a period boundary counts in the period it
+        # closes, as in the simulator (arrivals are processed before a planning tick).
         end = start + self.period_s
-        lo, hi = np.searchsorted(self.arrival_s, [start, end])
+        lo, hi = np.searchsorted(self.arrival_s, [start, end], side="right")
         return float(hi - lo) / self.period_s
 
     def initial(self) -> float:

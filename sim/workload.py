@@ -3,7 +3,9 @@
 The ImageNet captions carry recorded discriminator scores for every model. Other prompt
 sets (the DiffusionDB prompts of the hardness-shift experiment) have none, so their
 scores are *derived*: per model, a least-squares fit on the ImageNet set of the log-odds
-score against the router's eight normalised features, plus a residual vector resampled
+score against the router's eight normalised features (each clipped to the range the
+ImageNet prompts span, so long DiffusionDB prompts are not extrapolated far beyond what
+was measured), plus a residual vector resampled
 jointly across models from the ImageNet fit (a random ImageNet prompt's residuals, so the
 models' scores keep their measured correlation). A derived set inherits only what the
 features explain on ImageNet, which is little: the shift it shows comes mostly from the
@@ -68,8 +70,10 @@ def derived_set(name: str, prompts: Sequence[str], router: HardnessRouter, base:
     profile = router.profile
     mean, std = np.asarray(profile.mean), np.asarray(profile.std)
 
+    lo, hi = base.features.min(axis=0), base.features.max(axis=0)
+
     def design(f: np.ndarray) -> np.ndarray:
-        return np.hstack([np.ones((len(f), 1)), (f - mean) / std])
+        return np.hstack([np.ones((len(f), 1)), (np.clip(f, lo, hi) - mean) / std])
 
     xb, xn = design(base.features), design(feats)
     models = sorted(base.quality)
