@@ -40,7 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from planner.cascade import CascadeConfig
-from planner.plan import Plan, PlannerState, QueueState
+from planner.plan import Plan, PlannerInputError, PlannerState, QueueState
 from planner.registry import ModelSpec, Registry
 from sim.fid import FidSurface
 
@@ -219,7 +219,12 @@ class Simulation:
         for i in range(n):
             self._push(float(self.w.arrival_s[i]), _ARRIVAL, i, None)
         last_deadline = float(self.deadline.max()) if n else 0.0
-        self._replan(initial=True)
+        try:
+            self._replan(initial=True)
+        except PlannerInputError as exc:  # the policy cannot serve this SLO at all
+            for i in range(n):
+                self._end(i, DROPPED, reason=f"no plan: {exc}")
+            self.events = []
         self._push(s.period_s, _PLAN, 0, None)
         while self.events:
             t, _, kind, a, b = heapq.heappop(self.events)
@@ -270,7 +275,12 @@ class Simulation:
             demand=float(demand), workers=self.s.workers, slo_s=self.s.slo_s, table=self.table,
             registry=self.registry, queues=self._queue_state(), previous=self.plan,
         )
-        plan = self.planner.plan(state)
+        try:
+            plan = self.planner.plan(state)
+        except PlannerInputError:
+            if self.plan is None:
+                raise
+            plan = self.plan  # like the live system: workers keep the last plan
         self.solve_ms.append(plan.solve_ms)
         self._arrivals_in_period = 0
         self.enqueued = {}

@@ -207,9 +207,10 @@ def _scenario_note(sc: Scenario, trace: str) -> str:
     s = sc.settings
     return (f"\nScenario: {s.workers} workers, SLO {s.slo_s:g} s, trace `{trace}`, planning "
             f"period {s.period_s:g} s, EWMA half-life {sc.half_life_s:g} s, swap delay "
-            f"{s.swap_delay_s:g} s, {len(sc.table)} Pareto rows of {len(sc.grid)} profiled, "
-            f"seed {s.seed}. FID per 30 s window from the profiled grid at the realised "
-            "routing fractions (Proteus' random split is read at the same fractions).\n")
+            f"{s.swap_delay_s:g} s, {len(sc.grid)} profiled rows ({len(sc.pareto)} on the "
+            f"Pareto front), seed {s.seed}. FID per 30 s window from the profiled grid at "
+            "the realised routing fractions (Proteus' random split is read at the same "
+            "fractions).\n")
 
 
 EXPERIMENTS: dict[str, Callable[..., list[dict]]] = {

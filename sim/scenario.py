@@ -2,7 +2,9 @@
 
 Defaults (documented in the README): 16 workers, SLO 60 s, the sd35 registry (batch-1
 latencies of the reference README, the registry's batch-latency assumption), the full
-hybrid grid for the FID surface, its Pareto rows for the planners, the shipped tuned
+hybrid grid for the FID surface and for the planners (the MILP's presolve drops dominated
+rows itself; baselines that may only use some rows, such as DiffServe's one pair, need the
+rows a global Pareto front would have dropped as duplicates), the shipped tuned
 router profile with the reference concreteness lexicon, a planning period of 5 s, an
 EWMA half-life of 10 s (the 347 s traces compress 347 hours: demand moves within
 seconds), and a 10 s swap delay (loading a large diffusion model's weights on a GPU).
@@ -35,7 +37,8 @@ TRACES = ("azure_multi_1to20qps.txt", "azure_multi_1to24qps.txt", "azure_multi_1
 class Scenario:
     registry: Registry
     grid: list[CascadeConfig]  # every profiled row (the FID surface)
-    table: list[CascadeConfig]  # the rows the planners choose from (Pareto front)
+    table: list[CascadeConfig]  # the rows the planners choose from (all; the MILP presolves)
+    pareto: list[CascadeConfig]  # the Pareto front, for reports
     surface: FidSurface
     router: HardnessRouter
     imagenet: PromptSet
@@ -76,10 +79,10 @@ def _scenario(ref_s: str, workers: int, slo_s: float, seed: int) -> Scenario:
     imagenet = scored_set("imagenet", prompts, router, scores)
     grid = load_reference_table(ref / "profile-sd35", registry, router.profile,
                                 router_scores=imagenet.router_score, scores=scores)
-    table = list(pareto_front(grid))
+    pareto = list(pareto_front(grid))
     sim = SimSettings(workers=workers, slo_s=slo_s, period_s=PERIOD_S,
                       swap_delay_s=SWAP_DELAY_S, seed=seed)
-    return Scenario(registry, grid, table, FidSurface(grid), router, imagenet, sim,
+    return Scenario(registry, grid, grid, pareto, FidSurface(grid), router, imagenet, sim,
                     reference=ref)
 
 

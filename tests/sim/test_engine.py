@@ -149,3 +149,18 @@ def test_planner_sees_queue_state_and_demand():
     assert later.demand > 0.5
     assert later.queues["light_l"].length > 0  # 2 qps into a 1 qps worker: a backlog
     assert later.queues["light_l"].arrival_rate == pytest.approx(2.0, abs=0.2)
+
+
+class NoPlan:
+    def plan(self, state):
+        from planner.plan import PlannerInputError
+
+        raise PlannerInputError("no configuration of the table meets the SLO")
+
+
+def test_a_policy_that_cannot_plan_drops_everything_with_the_reason():
+    trace = periodic_trace(20.0, 1.0, n_prompts=10)
+    res = simulate(trace, NoPlan(), SimSettings(workers=2, slo_s=5.0))
+    assert res.counts() == {"served": 0, "late": 0, "dropped": len(trace)}
+    assert all(r.startswith("no plan: no configuration") for r in res.drop_reason)
+    assert res.slo_violation_ratio == 1.0
