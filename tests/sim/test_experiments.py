@@ -4,6 +4,7 @@ accounted for, and the properties each experiment exists to show."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -40,10 +41,13 @@ def test_e2e_command_writes_tables_plots_and_claims(tmp_path, scenario):
     assert "SLO violations 2.7x lower than diffserve" in md
     assert "FID 7-23% lower than proteus" in md
     by = {row["policy"]: row for row in rows}
-    # Clipper-Heavy serves only SD3.5-Large, Clipper-Light only SD3.5-Large-Turbo.
-    assert '"3": 0' not in by["clipper-heavy"]["executions"]
-    assert float(by["clipper-heavy"]["fid"]) == pytest.approx(19.95, abs=0.01)
-    assert float(by["clipper-light"]["fid"]) == pytest.approx(25.22, abs=0.01)
+    # Clipper-Heavy runs only SD3.5-Large (id 3), Clipper-Light only SD3.5-Large-Turbo (1);
+    # their FIDs are the single-model FIDs of the profile (the pairs' end points differ by
+    # a few hundredths).
+    for name, model, fid in (("clipper-heavy", "3", 19.95), ("clipper-light", "1", 25.22)):
+        runs = {m: n for m, n in json.loads(by[name]["executions"]).items() if n}
+        assert list(runs) == [model], (name, runs)
+        assert float(by[name]["fid"]) == pytest.approx(fid, abs=0.05)
 
 
 def test_unknown_experiment_is_a_usage_error(tmp_path):
