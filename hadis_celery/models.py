@@ -200,3 +200,80 @@ def get_router_profile(session: Session, name: str) -> RouterProfileRow | None:
     q = (select(RouterProfileRow).where(RouterProfileRow.name == name)
          .order_by(RouterProfileRow.id.desc()).limit(1))
     return session.scalars(q).first()
+
+
+# -- the serving stack: queries, plans, worker heartbeats (issue 6) ------------------------
+# Times are epoch seconds (doubles): the pipeline subtracts them, and every process agrees
+# on them without time-zone arithmetic. ``created`` stays a timestamp for people reading SQL.
+QUERY_STATUSES = ("queued", "running", "rerouted", "done", "dropped", "failed")
+
+
+class QueryRow(Base):
+    """One accepted generation request: written by the front door before its message is
+    sent, then updated by the workers; the sweeper re-sends the message from this row."""
+
+    __tablename__ = "queries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    client: Mapped[str] = mapped_column(String(128), default="")
+    prompt: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(Integer)
+    slo_s: Mapped[float] = mapped_column(Real)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    queue: Mapped[str] = mapped_column(String(64))  # queue of the latest message
+    route: Mapped[str] = mapped_column(String(16))  # light | heavy (front door decision)
+    hardness: Mapped[float] = mapped_column(Real)
+    theta: Mapped[float] = mapped_column(Real, nullable=True)
+    tau: Mapped[float] = mapped_column(Real, nullable=True)
+    plan_id: Mapped[int] = mapped_column(Integer, nullable=True)
+    models: Mapped[list] = mapped_column(JSON, default=list)  # model ids that ran, in order
+    served_model: Mapped[int] = mapped_column(Integer, nullable=True)
+    quality: Mapped[float] = mapped_column(Real, nullable=True)  # served image's score
+    light_quality: Mapped[float] = mapped_column(Real, nullable=True)  # light image's score
+    clip: Mapped[float] = mapped_column(Real, nullable=True)
+    image: Mapped[str] = mapped_column(String(255), nullable=True)  # file name in image_dir
+    reason: Mapped[str] = mapped_column(Text, nullable=True)  # why dropped or failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # messages sent for it
+    worker: Mapped[str] = mapped_column(String(128), nullable=True)
+    received_at: Mapped[float] = mapped_column(Real)  # request in
+    deadline: Mapped[float] = mapped_column(Real)  # received_at + slo_s
+    enqueued_at: Mapped[float] = mapped_column(Real, nullable=True)  # first message sent
+    started_at: Mapped[float] = mapped_column(Real, nullable=True)  # first batch began
+    finished_at: Mapped[float] = mapped_column(Real, nullable=True)
+    model_s: Mapped[float] = mapped_column(Real, default=0.0)  # batch seconds, summed
+    updated_at: Mapped[float] = mapped_column(Real, index=True)
+
+
+class PlanRow(Base):
+    """One plan the beat task made (``Plan.to_dict()``), with the live view it published."""
+
+    __tablename__ = "plans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    planner: Mapped[str] = mapped_column(String(64))
+    light: Mapped[int] = mapped_column(Integer)
+    heavy: Mapped[int] = mapped_column(Integer)
+    demand: Mapped[float] = mapped_column(Real)
+    fid: Mapped[float] = mapped_column(Real)
+    overloaded: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[dict] = mapped_column(JSON)  # Plan.to_dict()
+    live: Mapped[dict] = mapped_column(JSON, default=dict)  # ActivePlan as published
+    bindings: Mapped[dict] = mapped_column(JSON, default=dict)  # worker -> queue applied
+
+
+class WorkerHeartbeat(Base):
+    """The latest heartbeat of each worker (one row per worker name, updated in place)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(128), unique=True)
+    model: Mapped[int] = mapped_column(Integer, nullable=True)
+    queue: Mapped[str] = mapped_column(String(64), default="")
+    batch: Mapped[int] = mapped_column(Integer, default=1)
+    queue_length: Mapped[int] = mapped_column(Integer, default=0)
+    backend: Mapped[str] = mapped_column(String(32), default="")
+    batches: Mapped[int] = mapped_column(Integer, default=0)
+    seen_at: Mapped[float] = mapped_column(Real)

@@ -10,6 +10,7 @@ from hadis_celery.reference import reference_dir
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_ROUTER_PROFILE = PACKAGE_DATA / "router_sd35.json"
+DEFAULT_PROFILE = PACKAGE_DATA / "profile_sd35.json"
 
 
 def _default_lexicon() -> Path | None:
@@ -34,6 +35,55 @@ class Settings:
         )
     )
     concreteness: Path | None = field(default_factory=_default_lexicon)
+    # -- the serving stack (issue 6); every field has an embedded default ------------------
+    # Redis for live state (plan, counters, heartbeats, rate limits): the broker by default.
+    redis_url: str = field(default_factory=lambda: _env("HADIS_REDIS_URL", ""))
+    # Configuration table: a JSON file, or "sql:<name>" for a profile stored in SQL.
+    profile: str = field(default_factory=lambda: _env("HADIS_PROFILE", str(DEFAULT_PROFILE)))
+    backend: str = field(default_factory=lambda: _env("HADIS_BACKEND", ""))  # "": registry's
+    # Local weights per model queue for the diffusers backend: "sdxl=/models/sdxl,...".
+    model_paths: str = field(default_factory=lambda: _env("HADIS_MODEL_PATHS", ""))
+    image_dir: Path = field(default_factory=lambda: Path(_env("HADIS_IMAGE_DIR", "var/images")))
+    # Replay backend: profiled latency x time_factor. The planner runs in profile time
+    # (SLO / factor, demand x factor), so a fast replay keeps the same plans.
+    time_factor: float = field(default_factory=lambda: _float("HADIS_TIME_FACTOR", 1.0))
+    slo_s: float = field(default_factory=lambda: _float("HADIS_SLO_S", 60.0))
+    max_slo_s: float = field(default_factory=lambda: _float("HADIS_MAX_SLO_S", 3600.0))
+    plan_period_s: float = field(default_factory=lambda: _float("HADIS_PLAN_PERIOD_S", 10.0))
+    planner: str = field(default_factory=lambda: _env("HADIS_PLANNER", "hadis"))
+    solver: str = field(default_factory=lambda: _env("HADIS_SOLVER", "highs"))
+    demand_half_life_s: float = field(
+        default_factory=lambda: _float("HADIS_DEMAND_HALF_LIFE_S", 30.0))
+    worker_budget: int = field(default_factory=lambda: int(_float("HADIS_WORKERS", 0)))  # 0: live
+    api_keys: tuple[str, ...] = field(default_factory=lambda: tuple(
+        k.strip() for k in _env("HADIS_API_KEYS", "").split(",") if k.strip()))
+    rate_limit_per_min: int = field(
+        default_factory=lambda: int(_float("HADIS_RATE_LIMIT_PER_MIN", 600)))  # 0: off
+    max_request_bytes: int = field(
+        default_factory=lambda: int(_float("HADIS_MAX_REQUEST_BYTES", 16384)))
+    sweep_after_s: float = field(default_factory=lambda: _float("HADIS_SWEEP_AFTER_S", 300.0))
+    heartbeat_s: float = field(default_factory=lambda: _float("HADIS_HEARTBEAT_S", 5.0))
+    disc_head: Path | None = field(default_factory=lambda: (
+        Path(_env("HADIS_DISC_HEAD", "")) if _env("HADIS_DISC_HEAD", "") else None))
+
+    @property
+    def state_url(self) -> str:
+        """Redis URL of the live state (``HADIS_REDIS_URL``, else the broker)."""
+        return self.redis_url or self.broker_url
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r}: not a number") from exc
 
 
 def settings() -> Settings:

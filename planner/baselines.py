@@ -32,6 +32,7 @@ from planner.plan import (
     routed_load,
     utilisation,
 )
+from planner.plus import HadisPlusPlanner
 
 RATIO_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 DIFFSERVE_PAIR = (1, 3)  # SD3.5-Large-Turbo -> SD3.5-Large
@@ -325,6 +326,7 @@ PLANNERS: dict[str, Callable[..., object]] = {
     "random-scores": RandomScoresPlanner,
     "cache-d": CacheDPlanner,
     "cache-d+q": CacheDQPlanner,
+    "hadis-plus": HadisPlusPlanner,
 }
 
 

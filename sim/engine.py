@@ -1,6 +1,8 @@
 """The discrete-event simulator.
 
-What is simulated, and how (each choice is the live system's, unless it says otherwise):
+What is simulated, and how (each choice is the live system's, unless it says otherwise; the
+per-query rules, routing, deadline checks and discriminator verdicts, are the functions of
+``hadis_celery.policy`` that the live workers and front door call):
 
 - Arrivals come from a trace; each carries its prompt's router score (computed by the real
   ``HardnessRouter``) and the recorded discriminator score of every model for that prompt.
@@ -39,6 +41,7 @@ from typing import Protocol
 
 import numpy as np
 
+from hadis_celery import policy
 from planner.cascade import CascadeConfig
 from planner.plan import Plan, PlannerInputError, PlannerState, QueueState
 from planner.registry import ModelSpec, Registry
@@ -369,14 +372,8 @@ class Simulation:
         assert plan is not None
         c = plan.config
         self.pair_at[i] = (c.light, c.heavy)
-        if c.light == c.heavy:
-            heavy = False
-        elif plan.routing == "none":  # no per-query choice: all light, or all heavy (r = 1)
-            heavy = c.router_ratio >= 1.0
-        elif plan.routing == "random":
-            heavy = bool(self._uniform[i] > self.theta)
-        else:
-            heavy = bool(self.w.router_score[i] > self.theta)
+        heavy = policy.goes_heavy(c.light, c.heavy, plan.routing, c.router_ratio, self.theta,
+                                  float(self.w.router_score[i]), float(self._uniform[i]))
         if heavy:
             self.path[i] = PATHS.index("direct")
             self._enqueue(i, self.heavy_q)
@@ -407,7 +404,7 @@ class Simulation:
         take: list[int] = []
         while dq and len(take) < cap:
             i = dq.popleft()
-            if self.now + l1 > self.deadline[i]:
+            if not policy.can_meet(self.now, self.deadline[i], l1):
                 self._end(i, DROPPED, reason=f"cannot meet deadline on {q}")
                 continue
             take.append(i)
@@ -429,10 +426,10 @@ class Simulation:
         assert q is not None and self.plan is not None
         spec = self.registry.by_queue(q)
         c = self.plan.config
-        discriminate = q.startswith("light_") and c.light != c.heavy and spec.id == c.light
+        discriminate = policy.judges(q, spec.id, c.light, c.heavy)
         for i in batch:
             score = float(self.w.quality[spec.id][i])
-            if discriminate and score < c.tau:
+            if discriminate and policy.rejects(score, c.tau):
                 self.path[i] = PATHS.index("rerouted")
                 self._enqueue(i, self.heavy_q)
             else:

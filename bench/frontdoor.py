@@ -1,0 +1,295 @@
+"""Front-door and pipeline benchmark, against bare Celery in the same run.
+
+``python -m bench.frontdoor`` (Redis on 127.0.0.1; it uses and flushes only database 7,
+``--redis`` to change). The last line is one JSON object:
+
+- ``frontdoor_rps``: sustained requests/s through the front door (HTTP, JSON parse, router,
+  SQL row, Celery message into Redis) with ``--threads`` keep-alive clients for
+  ``--seconds``; no worker consumes, so this is the rate *into* Redis;
+- ``frontdoor_added_ms_p50/p99``: per request, request in to message enqueued (the
+  ``X-Hadis-Added-Ms`` header the front door measures), under that load; the
+  ``frontdoor_one_client_*`` figures are the same with one client (no contention);
+- ``bare_apply_async_rps`` and ``bare_apply_async_ms_p50/p99``: a bare ``send_task`` loop;
+- ``pipeline_overhead_ms_p50/p99``: at ``--rate`` queries/s through the front door and two
+  replay workers (plan batch ``--batch``: a worker drains up to B queued queries, it never
+  waits to fill a batch): enqueue to done (SQL ``finished_at - enqueued_at``) minus the
+  model time of the query's batch;
+- ``bare_celery_overhead_ms_p50/p99``: the same for bare ``apply_async`` of a task that
+  sleeps the same model time (send to the task's end, minus the sleep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(xs, float), q)), 3) if xs else float("nan")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prompts(n: int) -> list[str]:
+    from hadis_celery.reference import read_prompts, reference_path
+
+    try:
+        base = read_prompts(reference_path("prompts", "imagenet1k_captions_5k.txt"))
+    except Exception:
+        base = [f"a photo of object {i} on a table" for i in range(1000)]
+    return [base[i % len(base)] + ("" if i < len(base) else f" (variant {i})") for i in range(n)]
+
+
+def _spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as fh:
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(p: subprocess.Popen) -> None:
+    import signal
+
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait(5)
+
+
+def _post(conn: http.client.HTTPConnection, prompt: str) -> tuple[int, float, str]:
+    body = json.dumps({"prompt": prompt})
+    conn.request("POST", "/v1/generations", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    added = float(resp.getheader("X-Hadis-Added-Ms") or "nan")
+    qid = json.loads(data).get("id", "") if resp.status == 202 else ""
+    return resp.status, added, qid
+
+
+def throughput(port: int, prompts: list[str], threads: int, seconds: float) -> dict:
+    """Closed loop: ``threads`` keep-alive clients posting for ``seconds``."""
+    added: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    nxt = [0]
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.monotonic() < stop:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            status, ms, _ = _post(conn, prompts[i % len(prompts)])
+            with lock:
+                if status == 202:
+                    added.append(ms)
+                else:
+                    errors[0] += 1
+        conn.close()
+
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=client) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.monotonic() - t0
+    return {"rps": round(len(added) / wall, 1), "n": len(added), "errors": errors[0],
+            "p50": _pct(added, 50), "p99": _pct(added, 99)}
+
+
+def bare_send(app, n: int) -> dict:
+    times = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        app.send_task("hadis.bench_sleep", args=[0.0], queue="bench_idle", ignore_result=True)
+        times.append((time.perf_counter() - t) * 1000)
+    wall = time.perf_counter() - t0
+    return {"rps": round(n / wall, 1), "p50": _pct(times, 50), "p99": _pct(times, 99)}
+
+
+def open_loop(rate: float, seconds: float, fire) -> None:
+    """Call ``fire(i)`` at ``rate`` per second for ``seconds`` (evenly spaced)."""
+    n = int(rate * seconds)
+    t0 = time.monotonic()
+    for i in range(n):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        fire(i)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m bench.frontdoor")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/7")
+    ap.add_argument("--seconds", type=float, default=8.0, help="throughput phase length")
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=20.0, help="pipeline phase, queries/s")
+    ap.add_argument("--pipeline-seconds", type=float, default=10.0)
+    ap.add_argument("--batch", type=int, default=4,
+                    help="B of the pipeline phase's plan (workers drain up to B queued)")
+    ap.add_argument("--time-factor", type=float, default=0.1,
+                    help="replay factor (SDXL-Lightning batch 1: 0.5 s x factor)")
+    args = ap.parse_args(argv)
+
+    import redis
+
+    from hadis_celery import db, store
+    from hadis_celery.celery import make_app
+    from hadis_celery.live import LiveState
+    from hadis_celery.policy import ActivePlan
+    from hadis_celery.settings import Settings
+
+    r = redis.Redis.from_url(args.redis)
+    r.flushdb()
+    tmp = Path(tempfile.mkdtemp(prefix="hadis-bench-"))
+    url = f"sqlite:///{tmp / 'bench.sqlite'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    s = Settings(database_url=url, broker_url=args.redis, redis_url="",
+                 image_dir=tmp / "images", time_factor=args.time_factor,
+                 rate_limit_per_min=0, api_keys=())
+    env = dict(os.environ, HADIS_DATABASE_URL=url, HADIS_BROKER_URL=args.redis,
+               HADIS_IMAGE_DIR=str(tmp / "images"), HADIS_TIME_FACTOR=str(args.time_factor),
+               HADIS_RATE_LIMIT_PER_MIN="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    live = LiveState.from_url(args.redis)
+    # one light model, every image accepted, batch 1: model time is exactly the replay sleep
+    plan = ActivePlan(plan_id=0, light=0, heavy=0, light_queue="light_sdxl",
+                      heavy_queue="light_sdxl", theta=float("inf"), tau=float("-inf"),
+                      routing="none", router_ratio=0.0, batch={0: max(1, args.batch)})
+    live.publish_plan(plan)
+    app = make_app(s)
+    port = _free_port()
+    procs = [_spawn(["-m", "webapp", "--port", str(port)], env, tmp / "frontdoor.log")]
+    out: dict = {}
+    try:
+        _wait(port, procs[0])
+        prompts = _prompts(20000)
+        # 1. throughput into Redis (nobody consumes light_sdxl yet)
+        _post(http.client.HTTPConnection("127.0.0.1", port, timeout=30), "warm up")
+        one = throughput(port, prompts[15000:], 1, min(args.seconds, 4.0))
+        print(f"front door, one client: {one}", file=sys.stderr)
+        tp = throughput(port, prompts, args.threads, args.seconds)
+        print(f"front door, {args.threads} clients: {tp}", file=sys.stderr)
+        bare = bare_send(app, 2000)
+        print(f"bare send_task: {bare}", file=sys.stderr)
+        r.flushdb()
+        live.publish_plan(plan)
+        # 2. pipeline at --rate with two replay workers
+        for i in range(2):
+            procs.append(_spawn(["-m", "celery", "-A", "hadis_celery", "worker", "-Q",
+                                 "light_sdxl,bench_bare", "-c", "1", "-n", f"bench{i}@%h",
+                                 "--without-mingle", "--without-gossip", "-l", "warning"],
+                                env, tmp / f"worker{i}.log"))
+        deadline = time.monotonic() + 60
+        while len(app.control.ping(timeout=0.5) or []) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("bench workers did not start")
+        model_s = 0.5 * args.time_factor
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        warm = [_post(conn, f"warm up query {i}")[2] for i in range(8)]  # cold start excluded
+        _wait_rows(engine, store, warm, 60)
+        ids: list[str] = []
+        open_loop(args.rate, args.pipeline_seconds,
+                  lambda i: ids.append(_post(conn, prompts[(i * 7919) % len(prompts)])[2]))
+        rows = _wait_rows(engine, store, ids, 120)
+        over = [(x.finished_at - x.enqueued_at - x.model_s) * 1000 for x in rows
+                if x.status == "done"]
+        e2e = [(x.finished_at - x.received_at - x.model_s) * 1000 for x in rows
+               if x.status == "done"]
+        print(f"pipeline: {len(over)} done of {len(ids)}", file=sys.stderr)
+        # 3. bare Celery at the same rate, same model time
+        sent: list[tuple[float, object]] = []
+        open_loop(args.rate, args.pipeline_seconds, lambda i: sent.append(
+            (time.time(), app.send_task("hadis.bench_sleep", args=[model_s],
+                                        queue="bench_bare"))))
+        bare_over = []
+        for t_send, res in sent:
+            t_end = float(res.get(timeout=60))
+            bare_over.append((t_end - t_send - model_s) * 1000)
+        out = {
+            "frontdoor_rps": tp["rps"], "frontdoor_requests": tp["n"],
+            "frontdoor_errors": tp["errors"], "frontdoor_added_ms_p50": tp["p50"],
+            "frontdoor_added_ms_p99": tp["p99"], "client_threads": args.threads,
+            "frontdoor_one_client_rps": one["rps"],
+            "frontdoor_one_client_added_ms_p50": one["p50"],
+            "frontdoor_one_client_added_ms_p99": one["p99"],
+            "bare_apply_async_rps": bare["rps"], "bare_apply_async_ms_p50": bare["p50"],
+            "bare_apply_async_ms_p99": bare["p99"],
+            "rate_qps": args.rate, "batch": args.batch, "pipeline_queries": len(ids),
+            "pipeline_done": len(over), "model_ms": round(model_s * 1000, 3),
+            "pipeline_overhead_ms_p50": _pct(over, 50), "pipeline_overhead_ms_p99": _pct(over, 99),
+            "request_to_done_minus_model_ms_p50": _pct(e2e, 50),
+            "request_to_done_minus_model_ms_p99": _pct(e2e, 99),
+            "bare_celery_overhead_ms_p50": _pct(bare_over, 50),
+            "bare_celery_overhead_ms_p99": _pct(bare_over, 99),
+            "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        }
+    finally:
+        for p in procs:
+            _stop(p)
+        r.flushdb()
+        engine.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(out))
+    return out
+
+
+def _wait(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError("the front door exited")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", "/v1/health")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the front door did not come up")
+
+
+def _wait_rows(engine, store, ids: list[str], timeout_s: float):
+    from sqlalchemy import select
+
+    from hadis_celery.db import transaction
+    from hadis_celery.models import QueryRow
+
+    end = time.monotonic() + timeout_s
+    while True:
+        with transaction(engine) as s:
+            rows = list(s.scalars(select(QueryRow).where(QueryRow.id.in_(ids))))
+        if all(x.status in store.FINAL for x in rows) or time.monotonic() > end:
+            return rows
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()

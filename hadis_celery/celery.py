@@ -1,0 +1,80 @@
+"""The Celery app: ``celery -A hadis_celery worker -Q light_sdxl -c 1`` finds ``app`` here.
+
+Queue topology comes from the model registry of the configuration table: for every model
+``m``, ``light_<m>`` (generate, then discriminate) and ``heavy_<m>`` (generate); plus
+``hadis_control`` for the beat's planner and sweeper tasks.
+
+Delivery: late acks with reject-on-worker-lost (a worker killed mid-batch leaves its message
+on the queue for another), prefetch 1 (a worker holds one message at a time: batching drains
+more itself, see ``workers.serving``), and a Redis visibility timeout above the longest
+profiled batch (at the time factor), so a long batch is never redelivered while it runs.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from hadis_celery.deployment import CONTROL_QUEUE, model_queues, registry
+from hadis_celery.settings import Settings, settings
+from planner.registry import Registry
+
+TASK_MODULES = ["workers.tasks", "workers.control"]
+
+
+def longest_batch_s(reg: Registry, time_factor: float = 1.0) -> float:
+    """Seconds of the slowest profiled batch of any model, at the replay time factor."""
+    return max(m.batch_latency(max(m.batch_sizes)) for m in reg) * max(time_factor, 0.0)
+
+
+def visibility_timeout_s(reg: Registry, time_factor: float = 1.0) -> int:
+    """Above the longest batch with a wide margin (Redis redelivers unacked messages after
+    this long, so it must never fire while a batch is still running)."""
+    return int(max(3600.0, 4.0 * longest_batch_s(reg, max(time_factor, 1.0)) + 60.0))
+
+
+def make_app(s: Settings | None = None, fast_fail: bool = False) -> Celery:
+    """A Celery app for settings ``s`` (``HADIS_*`` from the environment by default).
+
+    ``fast_fail``: publishing gives up after one quick reconnect (the front door answers
+    503 within a fraction of a second when Redis is down, instead of retrying for seconds).
+    """
+    s = s or settings()
+    reg = registry(s)
+    app = Celery("hadis", broker=s.broker_url, backend=s.state_url, include=TASK_MODULES)
+    queues = [Queue(q, routing_key=q) for q in model_queues(reg)]
+    queues.append(Queue(CONTROL_QUEUE, routing_key=CONTROL_QUEUE))
+    period = max(0.5, float(s.plan_period_s))
+    app.conf.update(
+        task_queues=queues,
+        task_default_queue=CONTROL_QUEUE,
+        task_routes={"hadis.plan": {"queue": CONTROL_QUEUE},
+                     "hadis.sweep": {"queue": CONTROL_QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility_timeout_s(reg, s.time_factor),
+                                  "socket_connect_timeout": 2},
+        result_backend_transport_options={"socket_connect_timeout": 2},
+        result_expires=600,
+        beat_schedule={
+            "hadis-plan": {"task": "hadis.plan", "schedule": period,
+                           "options": {"queue": CONTROL_QUEUE, "expires": period}},
+            "hadis-sweep": {"task": "hadis.sweep", "schedule": max(period, 5.0),
+                            "options": {"queue": CONTROL_QUEUE, "expires": max(period, 5.0)}},
+        },
+    )
+    if fast_fail:
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options, "max_retries": 1, "interval_start": 0,
+            "interval_step": 0.2, "interval_max": 0.2}
+    app.conf.hadis_settings = s
+    return app
+
+
+app = make_app()

@@ -1,0 +1,242 @@
+"""The serving policy, in plain Python: one place for every per-query decision.
+
+The live stack (front door, workers, beat task) and the simulator share these rules, so
+that what the simulator measures is what the deployment does:
+
+- ``route``: which queue a new query joins under the active plan (router score vs θ, a
+  uniform draw vs θ, or no per-query choice);
+- ``take_batch``: which queued queries a worker runs now: drop those that cannot meet their
+  deadline even alone, take up to B, shrink the batch until its finish meets every
+  member's deadline, give the rest back;
+- ``verdict``: after a light batch, accept the image or reroute the query to the heavy
+  queue (discriminator score below τ);
+- ``assign_queues``: which worker consumes which queue under a new plan, with the fewest
+  moves.
+
+``ActivePlan`` is the live view of a ``Plan`` that the beat task publishes (in Redis) and
+every process reads: the pair's queues, θ, τ, routing mode and batch sizes. No Redis,
+Celery, Flask or SQL here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from planner.plan import Plan
+from planner.registry import Registry
+
+LIGHT, HEAVY = "light", "heavy"
+ACCEPT, REROUTE = "accept", "reroute"
+
+
+def _enc(x: float) -> float | str:
+    if isinstance(x, float) and not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _dec(x: float | str | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class ActivePlan:
+    """What the processes of the stack need of the current plan (published by the beat)."""
+
+    plan_id: int
+    light: int
+    heavy: int
+    light_queue: str
+    heavy_queue: str  # the light queue itself for a single-model row
+    theta: float
+    tau: float
+    routing: str  # score | random | none
+    router_ratio: float
+    batch: Mapping[int, int]
+    workers: Mapping[str, int] = field(default_factory=dict)
+    published_at: float = 0.0
+
+    @property
+    def single(self) -> bool:
+        return self.light == self.heavy
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """The queues this plan sends work to."""
+        return (self.light_queue,) if self.single else (self.light_queue, self.heavy_queue)
+
+    def batch_for(self, model_id: int, largest: int) -> int:
+        """B for ``model_id`` (1 when the plan does not run it), capped at ``largest``."""
+        return max(1, min(int(self.batch.get(model_id, 1)), int(largest)))
+
+    @classmethod
+    def from_plan(cls, plan: Plan, registry: Registry, plan_id: int = 0,
+                  theta_for: Callable[[float], float] | None = None,
+                  now: float | None = None) -> ActivePlan:
+        """The live view of ``plan``; a NaN θ (table without router thresholds) is taken
+        from ``theta_for(router_ratio)`` (the router profile's quantiles)."""
+        c = plan.config
+        theta = c.theta
+        if math.isnan(theta) and plan.routing != "random":
+            if theta_for is None:
+                raise ValueError("the plan has no θ and no router profile was given")
+            theta = theta_for(c.router_ratio)
+        light_q = registry.get(c.light).light_queue
+        heavy_q = light_q if c.light == c.heavy else registry.get(c.heavy).heavy_queue
+        return cls(plan_id=plan_id, light=c.light, heavy=c.heavy, light_queue=light_q,
+                   heavy_queue=heavy_q, theta=float(theta), tau=float(c.tau),
+                   routing=plan.routing, router_ratio=float(c.router_ratio),
+                   batch=dict(plan.batch), workers=dict(plan.workers),
+                   published_at=time.time() if now is None else now)
+
+    def to_dict(self) -> dict:
+        return {"plan_id": self.plan_id, "light": self.light, "heavy": self.heavy,
+                "light_queue": self.light_queue, "heavy_queue": self.heavy_queue,
+                "theta": _enc(self.theta), "tau": _enc(self.tau), "routing": self.routing,
+                "router_ratio": self.router_ratio,
+                "batch": {str(k): int(v) for k, v in self.batch.items()},
+                "workers": dict(self.workers), "published_at": self.published_at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ActivePlan:
+        return cls(plan_id=int(d["plan_id"]), light=int(d["light"]), heavy=int(d["heavy"]),
+                   light_queue=str(d["light_queue"]), heavy_queue=str(d["heavy_queue"]),
+                   theta=_dec(d["theta"]), tau=_dec(d["tau"]), routing=str(d["routing"]),
+                   router_ratio=float(d["router_ratio"]),
+                   batch={int(k): int(v) for k, v in dict(d["batch"]).items()},
+                   workers={str(k): int(v) for k, v in dict(d.get("workers", {})).items()},
+                   published_at=float(d.get("published_at", 0.0)))
+
+
+# -- front door ---------------------------------------------------------------------------
+
+def goes_heavy(light: int, heavy: int, routing: str, router_ratio: float, theta: float,
+               score: float, draw: float) -> bool:
+    """The routing rule: ``score`` routing sends a prompt heavy when its router score is
+    strictly above θ, ``random`` when its uniform ``draw`` is above θ, ``none`` sends all
+    light (all heavy when the router ratio is 1); a single-model row never goes heavy."""
+    if light == heavy:
+        return False
+    if routing == "none":
+        return router_ratio >= 1.0
+    if routing == "random":
+        return draw > theta
+    return score > theta
+
+
+def route(plan: ActivePlan, score: float, draw: float) -> tuple[str, str]:
+    """``(role, queue)`` a new query joins under ``plan``."""
+    if goes_heavy(plan.light, plan.heavy, plan.routing, plan.router_ratio, plan.theta,
+                  score, draw):
+        return HEAVY, plan.heavy_queue
+    return LIGHT, plan.light_queue
+
+
+# -- workers ------------------------------------------------------------------------------
+
+def can_meet(now: float, deadline: float, seconds: float) -> bool:
+    """Whether a run of ``seconds`` started ``now`` finishes by ``deadline``."""
+    return now + seconds <= deadline
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """Indices (into the candidates, in queue order) to run, to drop, and to give back."""
+
+    run: list[int]
+    drop: list[int]
+    back: list[int]
+
+
+def take_batch(now: float, deadlines: Sequence[float], cap: int,
+               seconds: Callable[[int], float]) -> BatchChoice:
+    """Pick the batch a worker runs now from candidates in queue order.
+
+    Candidates that cannot meet their deadline even alone (``seconds(1)``) are dropped;
+    up to ``cap`` others are taken; the batch shrinks until ``now + seconds(b)`` meets
+    every member's deadline; what was taken beyond ``b`` and what was not looked at go back.
+    """
+    cap = max(1, int(cap))
+    one = seconds(1)
+    run: list[int] = []
+    drop: list[int] = []
+    back: list[int] = []
+    for i, d in enumerate(deadlines):
+        if len(run) >= cap:
+            back.append(i)
+        elif not can_meet(now, d, one):
+            drop.append(i)
+        else:
+            run.append(i)
+    b = len(run)
+    while b > 1 and not can_meet(now, min(deadlines[j] for j in run[:b]), seconds(b)):
+        b -= 1
+    return BatchChoice(run=run[:b], drop=drop, back=sorted(run[b:] + back))
+
+
+def judges(queue: str, model_id: int, light: int, heavy: int) -> bool:
+    """Light outputs are judged only on the active pair's light queue and model (a query
+    whose light model is no longer the plan's is accepted as it is)."""
+    return queue.startswith("light_") and light != heavy and model_id == light
+
+
+def rejects(score: float, tau: float) -> bool:
+    """The discriminator rule: strictly below τ is rejected (rerouted to heavy)."""
+    return score < tau
+
+
+def discriminates(plan: ActivePlan, queue: str, model_id: int) -> bool:
+    return judges(queue, model_id, plan.light, plan.heavy)
+
+
+def verdict(plan: ActivePlan, queue: str, model_id: int, score: float) -> str:
+    """ACCEPT the image, or REROUTE the query to ``plan.heavy_queue`` (score below τ)."""
+    if discriminates(plan, queue, model_id) and rejects(score, plan.tau):
+        return REROUTE
+    return ACCEPT
+
+
+def orphan_destination(plan: ActivePlan, queue: str) -> str:
+    """Where queued work goes when ``queue`` lost every worker: the same role's queue."""
+    return plan.heavy_queue if queue.startswith("heavy_") else plan.light_queue
+
+
+# -- beat ---------------------------------------------------------------------------------
+
+def assign_queues(current: Mapping[str, Sequence[str]], target: Mapping[str, int]
+                  ) -> dict[str, str]:
+    """One queue per worker, keeping as many workers as possible on a queue they already
+    consume. ``current``: worker -> queues now; ``target``: queue -> workers wanted.
+
+    Workers beyond the target total go to the queue with the most wanted workers (the
+    plan's busiest), so no live worker sits idle.
+    """
+    want = {q: int(n) for q, n in target.items() if n > 0}
+    out: dict[str, str] = {}
+    kept: dict[str, int] = {}
+    free: list[str] = []
+    for w in sorted(current):
+        mine = [q for q in current[w] if kept.get(q, 0) < want.get(q, 0)]
+        if mine:
+            q = mine[0]
+            out[w] = q
+            kept[q] = kept.get(q, 0) + 1
+        else:
+            free.append(w)
+    for q in sorted(want):
+        for _ in range(want[q] - kept.get(q, 0)):
+            if not free:
+                return _fill(out, free, want)
+            out[free.pop(0)] = q
+    return _fill(out, free, want)
+
+
+def _fill(out: dict[str, str], free: list[str], want: Mapping[str, int]) -> dict[str, str]:
+    if want:
+        busiest = max(sorted(want), key=lambda q: want[q])
+        for w in free:
+            out[w] = busiest
+    return out

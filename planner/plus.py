@@ -1,0 +1,557 @@
+"""HADIS-plus: the HADIS planning problem with a queue model that matches how queues behave.
+
+Same inputs (``PlannerState``) and output (``Plan``) as ``HadisPlanner``; the cascade table,
+registry latencies, one batch size per model and the worker budget are unchanged. What the
+simulator showed HADIS getting wrong, and what this planner does instead (each switchable
+in ``PlusOptions``, measured in ``docs/plus.md``; ``python -m bench.plus`` prints it):
+
+- ``large_batches``: a plan's batch size is a cap (a worker takes up to ``b`` queued
+  queries). Among equally good rows HADIS takes the fewest workers and the smallest batch,
+  so a backlog drains at batch-1 speed; here ties go to the most capacity (the largest
+  batches the SLO allows, all workers used), so a worker absorbs a burst in one batch.
+- ``drain``: HADIS charges a queue ``1.2 * length / arrival_rate`` (Little's law at the
+  arrival rate), per queue name. Two failures follow. (1) When a plan moves a role to
+  another model, the backlog follows it (the shell moves a workerless queue's backlog to
+  the new queue of the same role), yet HADIS sees the new queue as empty: it "escapes" a
+  backlog by switching, and switches back next period (ping-pong, a 10 s swap each time).
+  (2) When demand falls, ``length / arrival_rate`` explodes, the backlog "breaks the SLO",
+  HADIS plans without it and picks slow heavy models while hundreds of queries wait. Here
+  a role's whole backlog is charged to the queue that role will use, draining at the
+  *service* rate of the workers the candidate gives it (fluid FIFO model, below), and a
+  row that would leave a backlog on a role it does not serve is not planned.
+- ``switch_cost``: a worker that changes model serves nothing for ``swap_delay_s``. The
+  fluid model gives a queue only the workers that stay on their model until then, so a
+  switch that cannot absorb its own swap is not planned; ties go to fewer swaps.
+- ``forecast`` (off by default: measured, it cost FID and bought nothing once the backlog
+  is planned for): Holt's linear trend on last period's arrival rate, recovered from the
+  queues' measured arrival rates and the previous plan's routing, instead of the EWMA.
+- ``follow_rises`` (off by default: it helps on sharp synthetic steps at a 30 s SLO and
+  costs FID and violations on the Azure traces): plan for the larger of the EWMA and last
+  period's measured rate.
+- ``max_utilisation`` (1.0 by default, as HADIS): capacity covers ``demand / this``.
+
+The problem is small (a Pareto table of ~200 rows, 5 batch sizes, 16 workers), so it is
+solved exactly by enumerating every (row, batch sizes, worker split) in numpy: no solver,
+and the latency model need not be linear. The optimum is the best FID among feasible
+candidates. With every switch off (``PlusOptions.hadis()``) the model is HADIS's (Little's
+law per queue, the EWMA, no swap cost, smallest batches), the ablation's starting point.
+
+Fluid wait (``drain_wait``): a role queue holds ``B`` queries; ``mu0`` is its service rate
+while swapping workers load weights (``D`` seconds), ``mu1`` after; arrivals come at
+``lam <= mu1``. A query arriving at ``a`` starts when cumulative service reaches
+``B + lam * a``; its wait ``t(a) - a`` peaks at ``a = 0`` or when the swap ends, which
+gives the closed form in the function. The wait is multiplied by HADIS's safety factor.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+
+from planner.cascade import CascadeConfig
+from planner.milp import same_config, table_index
+from planner.plan import (
+    PATH_NAMES,
+    SAFETY,
+    Plan,
+    PlannerInputError,
+    PlannerState,
+    make_plan,
+    paths,
+    queue_delay,
+    role_model,
+    role_queue,
+    routed_load,
+    verify_plan,
+)
+from planner.registry import Registry
+
+EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class PlusOptions:
+    """The changes over HADIS, each switchable (``PlusOptions.hadis()`` turns all off)."""
+
+    large_batches: bool = True  # ties go to the most capacity (HADIS: the smallest batches)
+    drain: bool = True  # role backlog drains at the new configuration's service rate
+    switch_cost: bool = True  # swapping workers serve nothing for swap_delay_s
+    forecast: bool = False  # Holt trend forecast of next period's demand instead of the EWMA
+    follow_rises: bool = False  # plan for max(EWMA, last period's measured rate)
+    max_utilisation: float = 1.0  # capacity covers demand / this (as HADIS)
+    wait_safety: float = SAFETY  # multiplies the fluid wait (queueing noise, partial batches)
+    swap_delay_s: float = 10.0  # seconds a worker is unavailable after changing model
+    min_fid_gain: float = 0.2  # hysteresis, as HADIS
+    alpha: float = 0.5  # Holt level weight per period
+    beta: float = 0.3  # Holt trend weight per period
+
+    @classmethod
+    def hadis(cls) -> PlusOptions:
+        return cls(large_batches=False, drain=False, switch_cost=False, forecast=False,
+                   max_utilisation=1.0)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_utilisation <= 1:
+            raise ValueError(f"max_utilisation must be in (0, 1], got {self.max_utilisation}")
+        for k in ("wait_safety", "swap_delay_s", "min_fid_gain"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{k} must be a finite number >= 0, got {v}")
+        if not (0 < self.alpha <= 1 and 0 <= self.beta <= 1):
+            raise ValueError("alpha must be in (0, 1], beta in [0, 1]")
+
+
+# -- demand --------------------------------------------------------------------------------
+
+def observed_rate(state: PlannerState) -> float | None:
+    """Last period's front-door arrival rate, from the queues' measured arrival rates.
+
+    Queue arrivals count every query once at the front door plus once more when the
+    discriminator reroutes it, a ``(1 - r) * d`` share under the previous plan's row.
+    None when there is no previous plan or no measurement to go on.
+    """
+    prev = state.previous
+    if prev is None or not state.queues:
+        return None
+    total = sum(q.arrival_rate for q in state.queues.values())
+    c = prev.config
+    rerouted = 0.0 if c.light == c.heavy else (1 - c.router_ratio) * c.disc_ratio
+    return total / (1.0 + rerouted)
+
+
+class HoltForecast:
+    """Holt's linear trend on per-period rates: ``level + trend`` is next period's rate."""
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.3) -> None:
+        self.alpha, self.beta = alpha, beta
+        self.level: float | None = None
+        self.trend = 0.0
+
+    def reset(self) -> None:
+        self.level, self.trend = None, 0.0
+
+    def observe(self, rate: float) -> float:
+        """Fold in one period's rate; return the forecast for the next period (>= 0)."""
+        if self.level is None:
+            self.level = rate
+        else:
+            prev = self.level
+            self.level = self.alpha * rate + (1 - self.alpha) * (prev + self.trend)
+            self.trend = self.beta * (self.level - prev) + (1 - self.beta) * self.trend
+        return max(0.0, self.level + self.trend)
+
+
+# -- the fluid queue model -------------------------------------------------------------------
+
+def drain_wait(backlog, lam, mu0, mu1, delay):
+    """Worst wait of a FIFO queue's arrivals (see the module doc); inf when ``lam > mu1``.
+
+    Works on scalars and numpy arrays alike. ``mu0 <= mu1``: the rate while swapping.
+    """
+    B, lam, mu0, mu1, D = np.broadcast_arrays(*(np.asarray(v, dtype=float)
+                                                for v in (backlog, lam, mu0, mu1, delay)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # backlog outlasts the swap: everything waits for the full workforce
+        after = D + (B - mu0 * D) / mu1
+        # backlog cleared during the swap: the worst arrival starts when the swap ends
+        # (arrivals outpace the kept workers), else the head of the queue waits B / mu0
+        a_d = np.where(lam > 0, (mu0 * D - B) / np.where(lam > 0, lam, 1.0), np.inf)
+        during = np.where(lam > mu0, D - a_d, np.where(mu0 > 0, B / mu0, 0.0))
+        w = np.where(B >= mu0 * D, after, during)
+        w = np.where((D <= 0) | (mu0 >= mu1), np.where(B > 0, B / mu1, 0.0), w)
+        w = np.where(lam > mu1 * (1 + 1e-9), np.inf, np.maximum(w, 0.0))
+    return w if w.ndim else float(w)
+
+
+# -- candidate enumeration -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidates:
+    """Every (row, batch sizes, worker split) of a table, as flat arrays (cached per table).
+
+    Slot 0 is the row's first role, slot 1 its second (``model = -1`` when the row has one).
+    """
+
+    rows: tuple[CascadeConfig, ...]
+    row: np.ndarray
+    role: np.ndarray  # (n, 2): 0 light, 1 heavy, -1 none
+    model: np.ndarray  # (n, 2)
+    load: np.ndarray  # (n, 2) executions per query
+    batch: np.ndarray  # (n, 2)
+    lat: np.ndarray  # (n, 2) batch latency, s
+    thr: np.ndarray  # (n, 2) images per second per worker
+    workers: np.ndarray  # (n, 2)
+    fid: np.ndarray  # (n,)
+    paths: np.ndarray  # (n, 3) bool: light / direct heavy / rerouted path present
+    single: np.ndarray  # (n,) one model serves both roles on its light queue
+    has_role: np.ndarray  # (n, 2) bool: light role, heavy role used
+
+
+_CAND: dict[tuple, tuple[Sequence[CascadeConfig], Registry, Candidates]] = {}
+
+
+def candidates(table: Sequence[CascadeConfig], registry: Registry, workers: int,
+               slo_s: float = math.inf) -> Candidates:
+    """The candidate arrays of ``table``, cached by row identity (callers copy lists).
+
+    Candidates whose batch latencies alone break ``slo_s`` on some path are left out:
+    no queue state can make them feasible, and overload plans need them no more.
+    """
+    key = (tuple(map(id, table)), id(registry), workers, slo_s)
+    hit = _CAND.get(key)
+    if hit is not None and hit[1] is registry:
+        return hit[2]
+    cand = _build_candidates(table_index(table).rows, registry, workers)
+    keep = np.all(_service_paths(cand) <= slo_s * (1 + 1e-9), axis=1)
+    if not keep.any():
+        raise PlannerInputError(
+            f"no configuration of the table meets the SLO {slo_s:g} s with "
+            f"{workers} worker(s), even at batch 1 with empty queues")
+    cand = Candidates(cand.rows, *(getattr(cand, f.name)[keep] for f in fields(cand)[1:]))
+    if len(_CAND) >= 8:
+        _CAND.clear()
+    _CAND[key] = (list(table), registry, cand)  # holds the rows, so their ids stay valid
+    return cand
+
+
+def _build_candidates(rows: Sequence[CascadeConfig], registry: Registry, workers: int
+                      ) -> Candidates:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "row", "role", "model", "load", "batch", "lat", "thr", "workers", "paths", "single",
+        "has")}
+    for k, c in enumerate(rows):
+        load = routed_load(c)
+        roles = list(load)
+        specs = [registry.get(role_model(c, r)) for r in roles]
+        ps = {PATH_NAMES[p] for p in paths(c)}
+        bs = [np.array(s.batch_sizes) for s in specs]
+        lat = [np.array([s.batch_latency(int(b)) for b in s.batch_sizes]) for s in specs]
+        if len(roles) == 1:
+            n = len(bs[0])
+            b_idx = [np.arange(n)]
+            ns = [np.full(n, workers)]
+        else:
+            i0, i1, n0 = np.meshgrid(np.arange(len(bs[0])), np.arange(len(bs[1])),
+                                     np.arange(1, workers), indexing="ij")
+            b_idx = [i0.ravel(), i1.ravel()]
+            ns = [n0.ravel(), workers - n0.ravel()]
+            n = b_idx[0].size
+        if n == 0:
+            continue
+
+        def col(values: list, pad: float, n: int = n) -> np.ndarray:
+            out = np.full((n, 2), pad, dtype=float)
+            for j, v in enumerate(values):
+                out[:, j] = v
+            return out
+
+        parts["row"].append(np.full(n, k))
+        parts["role"].append(col([0 if r == "light" else 1 for r in roles], -1))
+        parts["model"].append(col([s.id for s in specs], -1))
+        parts["load"].append(col([load[r] for r in roles], 0.0))
+        parts["batch"].append(col([bs[j][b_idx[j]] for j in range(len(roles))], 1))
+        parts["lat"].append(col([lat[j][b_idx[j]] for j in range(len(roles))], 0.0))
+        parts["thr"].append(col([bs[j][b_idx[j]] / lat[j][b_idx[j]]
+                                 for j in range(len(roles))], 1.0))
+        parts["workers"].append(col(ns, 0))
+        parts["paths"].append(np.tile(["light" in ps, "heavy" in ps, "rerouted" in ps], (n, 1)))
+        parts["single"].append(np.full(n, c.light == c.heavy))
+        parts["has"].append(np.tile(["light" in roles, "heavy" in roles], (n, 1)))
+    if not parts["row"]:
+        raise PlannerInputError("hadis-plus: the configuration table has no usable row")
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    row = cat["row"].astype(np.int64)
+    return Candidates(
+        rows=tuple(rows), row=row, role=cat["role"].astype(int), model=cat["model"].astype(int),
+        load=cat["load"], batch=cat["batch"].astype(int), lat=cat["lat"], thr=cat["thr"],
+        workers=cat["workers"].astype(int), fid=np.array([c.fid for c in rows])[row],
+        paths=cat["paths"].astype(bool), single=cat["single"].astype(bool),
+        has_role=cat["has"].astype(bool))
+
+
+def _service_paths(cand: Candidates) -> np.ndarray:
+    """(n, 3) batch latency of the light / direct / rerouted path (0 when absent)."""
+    light = np.where(cand.role[:, 0] == 0, cand.lat[:, 0], cand.lat[:, 1])
+    heavy = np.where(cand.single, cand.lat[:, 0],
+                     np.where(cand.role[:, 0] == 1, cand.lat[:, 0], cand.lat[:, 1]))
+    light = np.where(cand.single, cand.lat[:, 0], light)
+    return np.stack([np.where(cand.paths[:, 0], light, 0.0),
+                     np.where(cand.paths[:, 1], heavy, 0.0),
+                     np.where(cand.paths[:, 2], light + heavy, 0.0)], axis=1)
+
+
+def role_backlog(state: PlannerState) -> tuple[int, int]:
+    """Queued queries per role (light, heavy), wherever they wait now: a plan's queue of a
+    role inherits the backlog of every queue of that role that it leaves without workers."""
+    light = sum(q.length for name, q in state.queues.items() if name.startswith("light_"))
+    heavy = sum(q.length for name, q in state.queues.items() if name.startswith("heavy_"))
+    return light, heavy
+
+
+def previous_models(state: PlannerState) -> dict[int, int] | None:
+    """Workers per model under the previous plan (None: no previous plan, nothing to swap)."""
+    if state.previous is None:
+        return None
+    out: dict[int, int] = {}
+    for q, n in state.previous.workers.items():
+        try:
+            m = state.registry.by_queue(q).id
+        except KeyError:
+            continue
+        out[m] = out.get(m, 0) + n
+    return out
+
+
+@dataclass
+class Evaluation:
+    """Per-candidate quantities for one state (arrays over ``Candidates``)."""
+
+    util: np.ndarray  # (n, 2) routed demand over full capacity
+    wait: np.ndarray  # (n, 2) predicted queueing wait, s
+    path_lat: np.ndarray  # (n, 3) light / direct / rerouted path latency (0 if absent)
+    swaps: np.ndarray  # (n,) workers that change model
+    stranded: np.ndarray  # (n,) queries left on a role the row does not serve
+    backlog: np.ndarray  # (n, 2)
+
+
+def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOptions
+             ) -> Evaluation:
+    """Capacity, waits and path latencies of every candidate under ``state``."""
+    used = cand.role >= 0
+    mu1 = cand.workers * cand.thr
+    lam = demand * cand.load
+    with np.errstate(divide="ignore", invalid="ignore"):
+        util = np.where(used, np.where(mu1 > 0, lam / mu1, np.inf), 0.0)
+    bl, bh = role_backlog(state)
+    backlog = np.where(cand.role == 0, bl, np.where(cand.role == 1, bh, 0)).astype(float)
+    backlog[cand.single, 0] = bl + bh  # a single-model row serves both roles on one queue
+    stranded = np.where(cand.single, 0,
+                        np.where(cand.has_role[:, 0], 0, bl) + np.where(cand.has_role[:, 1], 0, bh))
+    prev = previous_models(state)
+    if prev is None:
+        kept = cand.workers.astype(float)
+    else:
+        pm = np.zeros(int(max(cand.model.max(), max(prev, default=0))) + 2)
+        for m, n in prev.items():
+            pm[m] = n
+        kept = np.minimum(cand.workers, pm[np.where(used, cand.model, -1)]).astype(float)
+        kept[~used] = 0.0
+    swaps = (cand.workers - kept).sum(axis=1)
+    if opt.drain:
+        mu0 = kept * cand.thr if opt.switch_cost else mu1
+        delay = opt.swap_delay_s if opt.switch_cost else 0.0
+        wait = drain_wait(backlog, lam, mu0, mu1, delay) * opt.wait_safety
+    else:  # HADIS: Little's law at the queue's measured arrival rate, per queue name
+        wait = np.zeros(cand.role.shape)
+        for j in (0, 1):
+            for r, m in set(zip(cand.role[:, j].tolist(), cand.model[:, j].tolist(),
+                                strict=True)):
+                if r < 0:
+                    continue
+                spec = state.registry.get(m)
+                q = spec.light_queue if r == 0 else spec.heavy_queue
+                sel = (cand.role[:, j] == r) & (cand.model[:, j] == m)
+                wait[sel, j] = queue_delay(state, q, SAFETY)
+        if opt.switch_cost:
+            wait = wait + np.where(kept < cand.workers, opt.swap_delay_s, 0.0)
+    wait = np.where(used, wait, 0.0)
+    hop = cand.lat + wait
+    light_j = np.where(cand.role[:, 0] == 0, 0, 1)  # which slot is the light role
+    heavy_j = 1 - light_j
+    idx = np.arange(len(cand.row))
+    light = np.where(cand.single, hop[:, 0], hop[idx, light_j])
+    heavy = np.where(cand.single, hop[:, 0], hop[idx, heavy_j])
+    path_lat = np.stack([
+        np.where(cand.paths[:, 0], light, 0.0),
+        np.where(cand.paths[:, 1], np.where(cand.role[:, 0] == 1, hop[:, 0], heavy), 0.0),
+        np.where(cand.paths[:, 2], light + heavy, 0.0),
+    ], axis=1)
+    return Evaluation(util, wait, path_lat, swaps, stranded.astype(float), backlog)
+
+
+def _lexmin(keys: Sequence[np.ndarray], mask: np.ndarray) -> int:
+    """Index of the lexicographically smallest key tuple among ``mask`` (first key first)."""
+    idx = np.flatnonzero(mask)
+    order = np.lexsort(tuple(k[idx] for k in reversed(keys)))
+    return int(idx[order[0]])
+
+
+# -- the planner -----------------------------------------------------------------------------
+
+class HadisPlusPlanner:
+    """HADIS's problem with large batches, backlog drain and swap cost (module doc).
+
+    Keeps one piece of state across calls: the forecaster (reset whenever the previous
+    plan is not its own, e.g. a one-shot ``hadis plan``, which then plans for
+    ``state.demand``). ``solver`` is accepted for interface parity and unused.
+    """
+
+    name = "hadis-plus"
+
+    def __init__(self, solver: str | None = None, *, options: PlusOptions | None = None,
+                 name: str | None = None, routing: str = "score", **kw) -> None:
+        self.options = options if options is not None else PlusOptions(**kw)
+        if name is not None:
+            self.name = name
+        self.routing = routing
+        self.forecaster = HoltForecast(self.options.alpha, self.options.beta)
+
+    # demand ------------------------------------------------------------------------------
+    def demand(self, state: PlannerState) -> float:
+        """The rate to plan for: the EWMA (default), the larger of it and last period's
+        measured rate (``follow_rises``), or the Holt forecast (``forecast``; the EWMA when
+        there is no measurement yet)."""
+        rate = observed_rate(state)
+        if not self.options.forecast:
+            if self.options.follow_rises and rate is not None:
+                return max(state.demand, rate)
+            return state.demand
+        prev = state.previous
+        if prev is None or prev.planner != self.name:
+            self.forecaster.reset()
+        if rate is None:
+            return state.demand
+        if self.forecaster.level is None:
+            self.forecaster.level = state.demand  # seed with the EWMA, then follow the data
+        return self.forecaster.observe(rate)
+
+    # the plan ----------------------------------------------------------------------------
+    def plan(self, state: PlannerState) -> Plan:
+        t0 = time.perf_counter()
+        opt = self.options
+        lam = self.demand(state)
+        cand = candidates(state.table, state.registry, state.workers, state.slo_s)
+        ev = evaluate(cand, state, lam, opt)
+        T = state.slo_s * (1 + 1e-9)
+        lat_ok = np.all(ev.path_lat <= T, axis=1)
+        cap_ok = np.all(ev.util <= opt.max_utilisation + EPS, axis=1)
+        no_strand = (ev.stranded == 0) | (not opt.drain)  # HADIS cannot see stranding
+        feasible = lat_ok & cap_ok & no_strand
+        slack = np.max(ev.util, axis=1)
+        note = ""
+        served, backlog_ignored = 1.0, False
+        if feasible.any():
+            if opt.large_batches:
+                keys = [np.round(cand.fid, 9), ev.swaps, slack, ev.path_lat.max(axis=1)]
+            else:  # HADIS: smallest batch sizes, then the least loaded split
+                keys = [np.round(cand.fid, 9), cand.batch.sum(axis=1), slack]
+            best = _lexmin(keys, feasible)
+            best = self._hysteresis(state, cand, ev, feasible, keys, best)
+        else:
+            best, served, backlog_ignored, note = self._overload(state, cand, ev, lam, lat_ok)
+        plan = self._build(state, cand, ev, best, lam, served, backlog_ignored, note)
+        return replace(plan, solve_ms=(time.perf_counter() - t0) * 1e3)
+
+    def _overload(self, state: PlannerState, cand: Candidates, ev: Evaluation, lam: float,
+                  lat_ok: np.ndarray) -> tuple[int, float, bool, str]:
+        """No candidate meets everything: serve as much as possible within service latency.
+
+        With the drain model: the most of demand plus backlog-per-SLO covered (what cuts
+        drops), then FID. Without it (HADIS): plan without the backlog at the best FID,
+        covering the most demand. The shell drops what cannot make its deadline.
+        """
+        used = cand.role >= 0
+        mu = cand.workers * cand.thr
+        extra = ev.backlog / state.slo_s if self.options.drain else 0.0
+        need = lam * cand.load + extra
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cover = np.where(used & (need > 0), mu * self.options.max_utilisation / need, np.inf)
+            served_all = np.where(used & (cand.load > 0), mu / (lam * cand.load), np.inf)
+        phi = np.minimum(cover.min(axis=1), 1.0)
+        every = np.ones(len(cand.row), dtype=bool)  # service latency: see candidates()
+        best = _lexmin([-np.round(phi, 4), ev.stranded, np.round(cand.fid, 9), ev.swaps,
+                        ev.util.max(axis=1)], every)
+        served = float(min(1.0, served_all[best].min())) if lam > 0 else 1.0
+        backlog_ignored = not bool(lat_ok[best]) or bool(ev.stranded[best] > 0)
+        note = (f"overload: serves {served:.1%} of {lam:g} q/s"
+                + ("; the backlog cannot drain within the SLO" if backlog_ignored else ""))
+        return best, served, backlog_ignored, note
+
+    def _hysteresis(self, state: PlannerState, cand: Candidates, ev: Evaluation,
+                    feasible: np.ndarray, keys: list[np.ndarray], best: int) -> int:
+        """Keep the previous row when it is still feasible and the gain is small."""
+        prev = state.previous
+        if prev is None or prev.planner != self.name:
+            return best
+        row = cand.rows[cand.row[best]]
+        if same_config(row, prev.config) or prev.config.fid - row.fid >= self.options.min_fid_gain:
+            return best
+        same = np.array([same_config(c, prev.config) for c in cand.rows])[cand.row] & feasible
+        return _lexmin(keys, same) if same.any() else best
+
+    def _build(self, state: PlannerState, cand: Candidates, ev: Evaluation, i: int,
+               lam: float, served: float, backlog_ignored: bool, note: str) -> Plan:
+        cfg = cand.rows[cand.row[i]]
+        workers: dict[str, int] = {}
+        batch: dict[int, int] = {}
+        for j in (0, 1):
+            if cand.role[i, j] < 0:
+                continue
+            role = "light" if cand.role[i, j] == 0 else "heavy"
+            workers[role_queue(state.registry, cfg, role)] = int(cand.workers[i, j])
+            batch[int(cand.model[i, j])] = int(cand.batch[i, j])
+        bare = replace(state, demand=lam, queues={})
+        plan = make_plan(bare, self.name, cfg, workers, batch, served_fraction=served,
+                         backlog_ignored=backlog_ignored, spread=False, solver="enumerate",
+                         routing=self.routing, note=note)
+        lat = {n: float(v) for n, v, on in zip(("light", "heavy", "rerouted"), ev.path_lat[i],
+                                               cand.paths[i], strict=True) if on}
+        return replace(plan, path_latency_s=lat)
+
+
+# -- independent re-check ----------------------------------------------------------------------
+
+def plus_problems(plan: Plan, state: PlannerState, options: PlusOptions | None = None
+                  ) -> list[str]:
+    """Every way ``plan`` breaks the plus model under ``state`` (empty: none).
+
+    ``verify_plan`` at the planned demand with empty queues (budget, capacity, batch
+    sizes, service latency), then, recomputed one queue at a time from the plan: headroom,
+    the fluid drain of each role's backlog with the swap delay, and every path within the
+    SLO. Plans marked ``backlog_ignored`` are only held to the first part.
+    """
+    opt = options or PlusOptions()
+    bare = replace(state, demand=plan.demand, queues={})
+    problems = verify_plan(plan, bare)
+    if problems or plan.backlog_ignored or plan.overloaded:
+        return problems
+    cfg, reg = plan.config, state.registry
+    bl, bh = role_backlog(state)
+    prev = previous_models(state)
+    load = routed_load(cfg)
+    hop: dict[str, float] = {}
+    for role, share in load.items():
+        q = role_queue(reg, cfg, role)
+        spec = reg.by_queue(q)
+        n = plan.workers.get(q, 0)
+        mu1 = n * spec.throughput(plan.batch[spec.id])
+        lam = plan.demand * share
+        if lam > opt.max_utilisation * mu1 * (1 + 1e-6) + 1e-9:
+            problems.append(f"{q}: utilisation {lam / mu1:.3f} above {opt.max_utilisation}")
+        backlog = bl + bh if cfg.light == cfg.heavy else (bl if role == "light" else bh)
+        if opt.drain:
+            on_model = sum(k for qq, k in plan.workers.items() if reg.by_queue(qq).id == spec.id)
+            kept = n if prev is None else min(n, n * prev.get(spec.id, 0) / on_model)
+            if opt.switch_cost:
+                w = drain_wait(backlog, lam, kept * spec.throughput(plan.batch[spec.id]), mu1,
+                               opt.swap_delay_s)
+            else:
+                w = drain_wait(backlog, lam, mu1, mu1, 0.0)
+            w *= opt.wait_safety
+        else:
+            w = queue_delay(state, q)
+        hop[role] = spec.batch_latency(plan.batch[spec.id]) + w
+    if cfg.light != cfg.heavy:
+        missing = [r for r, b in (("light", bl), ("heavy", bh)) if b and r not in load]
+        if missing:
+            problems.append(f"backlog of role(s) {missing} left on queues without workers")
+    for p in paths(cfg):
+        total = sum(hop[r] for r in p)
+        if total > state.slo_s * (1 + 1e-6):
+            problems.append(f"{PATH_NAMES[p]} path {total:.2f} s exceeds the SLO "
+                            f"{state.slo_s:g} s")
+    return problems

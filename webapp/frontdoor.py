@@ -1,0 +1,191 @@
+"""The front door's logic, without Flask: validate a request, route it, record it, send it.
+
+Order of work for ``POST /v1/generations`` (SQL is the record, Redis the transport):
+
+1. validate the body (``parse_request``) and score the prompt with the router;
+2. one Redis round trip: the active plan and this client's rate-limit window;
+3. route the prompt (``policy.route``: score vs θ of the active plan), stamp the deadline;
+4. write the query row (status ``queued``);
+5. send the Celery message; if that fails the row is deleted and the client gets 503,
+   so nothing is half-written (and a row whose message is lost later is re-sent by the
+   sweeper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import random
+import time
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy import Engine
+
+from hadis_celery import policy, store
+from hadis_celery.live import LiveState
+from hadis_celery.models import QueryRow
+from hadis_celery.router import validate_prompt
+from hadis_celery.settings import Settings
+from planner.registry import Registry
+
+FIELDS = ("prompt", "slo_s", "seed")
+SEED_MAX = 2**31 - 1  # a signed 32-bit integer column
+RETRY_AFTER_S = 5
+
+
+class ApiError(Exception):
+    """An error the API reports as ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    slo_s: float | None
+    seed: int | None
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def parse_request(body: object, max_slo_s: float) -> GenerationRequest:
+    """Check a decoded JSON body; raise ``ApiError`` (400) saying what is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object "
+                       '({"prompt": "...", "slo_s": 60, "seed": 1})')
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                       f"allowed: {', '.join(FIELDS)}")
+    if "prompt" not in body:
+        raise ApiError(400, "missing_prompt", "the field 'prompt' is required")
+    prompt = body["prompt"]
+    if not isinstance(prompt, str):
+        raise ApiError(400, "invalid_prompt",
+                       f"'prompt' must be a string, got {type(prompt).__name__}")
+    try:
+        text = validate_prompt(prompt)
+    except ValueError as exc:
+        raise ApiError(400, "empty_prompt", str(exc)) from None
+    slo = body.get("slo_s")
+    if slo is not None:
+        if not _number(slo) or not math.isfinite(slo) or not 0 < slo <= max_slo_s:
+            raise ApiError(400, "invalid_slo",
+                           f"'slo_s' must be a number of seconds in (0, {max_slo_s:g}], "
+                           f"got {slo!r}")
+        slo = float(slo)
+    seed = body.get("seed")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+            raise ApiError(400, "invalid_seed",
+                           f"'seed' must be an integer in [0, {SEED_MAX}], got {seed!r}")
+    return GenerationRequest(prompt=text, slo_s=slo, seed=seed)
+
+
+def _draw(query_id: str) -> float:
+    """A uniform number fixed by the query id (``random`` routing)."""
+    h = hashlib.blake2b(query_id.encode(), digest_size=8).digest()
+    return (int.from_bytes(h, "big") + 0.5) / 2.0**64
+
+
+class FrontDoor:
+    """Everything ``POST /v1/generations`` touches, injected (tests swap any part)."""
+
+    def __init__(self, s: Settings, engine: Engine, live: LiveState, celery_app: Celery,
+                 router, registry: Registry) -> None:
+        self.s, self.engine, self.live, self.celery = s, engine, live, celery_app
+        self.router, self.registry = router, registry
+
+    def submit(self, req: GenerationRequest, client: str, received_at: float
+               ) -> tuple[QueryRow, float]:
+        """Accept one request: returns the row and seconds from ``received_at`` to the
+        message being sent. Raises ``ApiError`` (429, 503) or a Redis/SQL error."""
+        from workers.serving import send_generate
+
+        try:
+            score = float(self.router.score(req.prompt))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_prompt", str(exc)) from None
+        plan, count = self.live.plan_and_rate(client)
+        limit = self.s.rate_limit_per_min
+        if limit > 0 and count > limit:
+            raise ApiError(429, "rate_limited", f"more than {limit} requests a minute from "
+                           "this client", retry_after=int(60 - time.time() % 60) + 1)
+        if plan is None:
+            raise ApiError(503, "no_plan", "no plan is active yet (is the beat running?)",
+                           retry_after=RETRY_AFTER_S)
+        qid = store.new_query_id()
+        role, queue = policy.route(plan, score, _draw(qid))
+        slo = req.slo_s if req.slo_s is not None else self.s.slo_s
+        now = time.time()
+        row = QueryRow(
+            id=qid, client=client[:128], prompt=req.prompt,
+            seed=req.seed if req.seed is not None else random.randrange(SEED_MAX),
+            slo_s=slo, status="queued", queue=queue, route=role, hardness=score,
+            theta=plan.theta, tau=plan.tau if role == policy.LIGHT else None,
+            plan_id=plan.plan_id or None, models=[], attempts=1, received_at=received_at,
+            deadline=received_at + slo, model_s=0.0, updated_at=now)
+        store.insert_query(self.engine, row)
+        try:
+            send_generate(self.celery, qid, queue, 1)
+        except Exception:
+            try:
+                store.delete_query(self.engine, qid)
+            except Exception:  # SQL went too: the sweeper will send it
+                pass
+            raise
+        added = time.time() - received_at
+        try:
+            self.live.count_arrival(queue)
+        except Exception:  # accepted already; demand is a little under-counted
+            pass
+        return row, added
+
+
+def _num(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def describe(row: QueryRow, registry: Registry, base: str = "") -> dict:
+    """The public JSON of a query (``GET /v1/generations/<id>``)."""
+
+    def name(m: int) -> str:
+        try:
+            return registry.get(m).name
+        except KeyError:
+            return str(m)
+
+    def ok(x: float | None) -> float | None:
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+    fin, start, enq = ok(row.finished_at), ok(row.started_at), ok(row.enqueued_at)
+    timings = {
+        "received_at": row.received_at, "enqueued_at": enq, "started_at": start,
+        "finished_at": fin, "deadline": row.deadline, "model_s": ok(row.model_s),
+        "latency_s": None if fin is None else round(fin - row.received_at, 6),
+        "queued_s": None if start is None else round(start - row.received_at, 6),
+    }
+    done = row.status == "done"
+    return {
+        "id": row.id, "status": row.status, "route": row.route, "queue": row.queue,
+        "models": [{"id": m, "name": name(m)} for m in (row.models or [])],
+        "served_model": None if row.served_model is None else
+        {"id": row.served_model, "name": name(row.served_model)},
+        "hardness": _num(row.hardness), "theta": _num(row.theta), "tau": _num(row.tau),
+        "quality": _num(row.quality), "light_quality": _num(row.light_quality),
+        "clip": _num(row.clip), "slo_s": row.slo_s, "seed": row.seed,
+        "timings": timings, "reason": row.reason, "plan_id": row.plan_id,
+        "status_url": f"{base}/v1/generations/{row.id}",
+        "image_url": f"{base}/v1/images/{row.id}.png" if done else None,
+    }
