@@ -120,20 +120,23 @@ def experiment_e2e(sc: Scenario, out: Path, trace: str = TRACES[0],
     return _write(out, "e2e", runs, f"End to end (Figure 7): {trace}", notes)
 
 
+def _comparison(sc: Scenario, out: Path, name: str, title: str, policies: Sequence[str],
+                trace: str, progress: Progress | None) -> list[dict]:
+    wl = build_workload(read_trace(sc.trace_path(trace)), [sc.imagenet])
+    runs = run_policies(sc, wl, policies, progress=progress)
+    return _write(out, name, runs, f"{title}: {trace}", _scenario_note(sc, trace))
+
+
 def experiment_routing(sc: Scenario, out: Path, trace: str = TRACES[0],
                        progress: Progress | None = None) -> list[dict]:
-    wl = build_workload(read_trace(sc.trace_path(trace)), [sc.imagenet])
-    runs = run_policies(sc, wl, ROUTING_POLICIES, progress=progress)
-    return _write(out, "routing-ablation", runs, f"Routing ablation (Figure 9): {trace}",
-                  _scenario_note(sc, trace))
+    return _comparison(sc, out, "routing-ablation", "Routing ablation (Figure 9)",
+                       ROUTING_POLICIES, trace, progress)
 
 
 def experiment_planner(sc: Scenario, out: Path, trace: str = TRACES[0],
                        progress: Progress | None = None) -> list[dict]:
-    wl = build_workload(read_trace(sc.trace_path(trace)), [sc.imagenet])
-    runs = run_policies(sc, wl, PLANNER_POLICIES, progress=progress)
-    return _write(out, "planner-ablation", runs, f"Planner ablation (Figure 10): {trace}",
-                  _scenario_note(sc, trace))
+    return _comparison(sc, out, "planner-ablation", "Planner ablation (Figure 10)",
+                       PLANNER_POLICIES, trace, progress)
 
 
 def experiment_slo(sc: Scenario, out: Path, trace: str = TRACES[0],
