@@ -3,7 +3,7 @@
 PY ?= python3
 STAMP := .install.stamp
 
-.PHONY: install up test lint services bench
+.PHONY: install up test lint services system-deps bench
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
@@ -14,10 +14,13 @@ install: $(STAMP)
 services:
 	bash scripts/services.sh
 
+system-deps:
+	bash scripts/system-deps.sh
+
 up: install services
 	$(PY) -m hadis_celery.cli up
 
-test: install services
+test: install services system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

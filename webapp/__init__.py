@@ -70,6 +70,10 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     door = FrontDoor(s, store.serving_engine(s.database_url), LiveState.from_url(s.state_url),
                      celery_app or make_app(s, fast_fail=True), router, reg)
     app.extensions["hadis"] = door
+    from webapp import metrics, pages
+
+    pages.register(app)
+    metrics.register(app, door)
     image_dir = Path(s.image_dir).resolve()
 
     @app.before_request
@@ -168,7 +172,8 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     @app.get("/")
     def index():
         return jsonify({"name": "HADIS-Celery front door", "openapi": "/v1/openapi.json",
-                        "create": "POST /v1/generations", "health": "/v1/health"})
+                        "create": "POST /v1/generations", "health": "/v1/health",
+                        "web": "/ui/", "dashboard": "/ui/dashboard", "metrics": "/metrics"})
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):

@@ -101,7 +101,7 @@ def _split(groups: list[str], labels: list[int], val_fraction: float, rng: rando
 
 def train_head(disc: Discriminator, real: Sequence[ImageLike], generated: Sequence[ImageLike],
                *, real_groups: Sequence[str] | None = None,
-               generated_groups: Sequence[str] | None = None, epochs: int = 300,
+               generated_groups: Sequence[str] | None = None, epochs: int = 200,
                lr: float = 2e-3, hidden: int = 256, weight_decay: float = 1e-3,
                val_fraction: float = 0.25, seed: int = 0, progress: bool = True) -> TrainResult:
     """Train an MLP head on frozen CLIP embeddings (label 1 = real) and attach it to ``disc``.
@@ -146,19 +146,24 @@ def train_head(disc: Discriminator, real: Sequence[ImageLike], generated: Sequen
     losses: list[float] = []
     bar = tqdm(range(epochs), desc="training head", unit="epoch", disable=not progress)
     gen = torch.Generator().manual_seed(seed)
-    for _ in bar:
-        head.train()
-        order = torch.randperm(len(x_tr), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            opt.zero_grad()
-            loss = loss_fn(head(x_tr[idx]), y_tr[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / len(x_tr))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small MLP: extra threads only add synchronisation
+    try:
+        for _ in bar:
+            head.train()
+            order = torch.randperm(len(x_tr), generator=gen)
+            total = 0.0
+            for i in range(0, len(order), batch):
+                idx = order[i:i + batch]
+                opt.zero_grad()
+                loss = loss_fn(head(x_tr[idx]), y_tr[idx])
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            losses.append(total / len(x_tr))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    finally:
+        torch.set_num_threads(threads)
     head.eval()
     with torch.no_grad():
         logits = head(feats)

@@ -46,7 +46,7 @@ def command() -> None:
               help="Random square crops per real image (1: the whole image).")
 @click.option("--permute-channels", is_flag=True,
               help="Shuffle RGB channels of real crops (for a handful of real photographs).")
-@click.option("--epochs", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3,
               show_default=True)
 @click.option("--hidden", type=click.IntRange(2), default=256, show_default=True)

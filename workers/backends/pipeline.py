@@ -55,6 +55,7 @@ class DiffusersBackend(Backend):
         self.pipeline: DiffusionPipeline | None = None
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
+        self._accepts_size = True
 
     # -- loading -------------------------------------------------------------------------
     @property

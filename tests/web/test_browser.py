@@ -1,0 +1,123 @@
+"""The web pages in a real headless Chromium (Debian's ``chromium`` and ``chromedriver``,
+driven by Selenium): submit the form, wait for the image, check the details; a
+``<script>`` prompt is shown as text; the dashboard's plots render with no console errors.
+Screenshots go to ``out/test-screenshots/``."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.web.conftest import SHOTS
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+WAIT_S = 40
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
+        "chromium/chromedriver missing: apt-get install -y chromium chromium-driver"
+    profile = tempfile.mkdtemp(prefix="hadis-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run", "--window-size=1200,1000",
+              f"--user-data-dir={profile}"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    drv.set_page_load_timeout(WAIT_S)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _console_errors(drv: webdriver.Chrome) -> list[str]:
+    return [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def _submit(drv, stack, prompt: str, slo: str = "") -> None:
+    drv.get(stack.url + "/ui/")
+    box = drv.find_element(By.ID, "prompt")
+    box.clear()
+    box.send_keys(prompt)
+    if slo:
+        drv.find_element(By.ID, "slo_s").send_keys(slo)
+    drv.find_element(By.ID, "submit").click()
+
+
+def test_form_submit_shows_image_and_details(browser, stack):
+    drv = browser
+    drv.get(stack.url + "/ui/")
+    drv.save_screenshot(str(SHOTS / "form.png"))
+    _submit(drv, stack, "a red apple on a wooden table", "45")
+    WebDriverWait(drv, WAIT_S).until(
+        lambda d: d.execute_script("return document.body.dataset.final || ''") == "done")
+    img = drv.find_element(By.ID, "image")
+    WebDriverWait(drv, WAIT_S).until(
+        lambda d: d.execute_script("const i = arguments[0]; return i.complete && "
+                                   "i.naturalWidth > 0", img))
+    assert img.is_displayed() and "/ui/images/" in img.get_attribute("src")
+    assert drv.find_element(By.ID, "status").text == "done"
+    assert "sdxl" in drv.find_element(By.ID, "served").text.lower()
+    assert drv.find_element(By.ID, "models").text.strip() not in ("", "-")
+    float(drv.find_element(By.ID, "hardness").text)  # a number, not '-'
+    assert drv.find_element(By.ID, "quality").text != "-"
+    assert float(drv.find_element(By.ID, "latency").text) > 0
+    assert drv.find_element(By.ID, "slo").text == "45"
+    assert "deadline" in drv.find_element(By.ID, "deadline-verdict").text
+    drv.save_screenshot(str(SHOTS / "result.png"))
+    assert _console_errors(drv) == []
+
+
+def test_script_prompt_is_shown_as_text(browser, stack):
+    drv = browser
+    prompt = 'a cat <script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">'
+    _submit(drv, stack, prompt)
+    WebDriverWait(drv, WAIT_S).until(
+        lambda d: d.execute_script("return document.body.dataset.final || ''") != "")
+    assert drv.find_element(By.ID, "prompt").text == prompt
+    assert drv.execute_script("return window.__pwned === undefined")
+    drv.get(stack.url + "/ui/gallery")
+    texts = [e.text for e in drv.find_elements(By.CSS_SELECTOR, ".gallery .prompt")]
+    assert prompt in texts
+    assert drv.execute_script("return window.__pwned === undefined")
+    drv.save_screenshot(str(SHOTS / "gallery.png"))
+
+
+def test_empty_prompt_shows_error_on_the_form(browser, stack):
+    drv = browser
+    _submit(drv, stack, "   ", "12")
+    err = drv.find_element(By.ID, "form-error")
+    assert "empty" in err.text
+    assert drv.find_element(By.ID, "slo_s").get_attribute("value") == "12"
+    drv.save_screenshot(str(SHOTS / "form-error.png"))
+
+
+def test_dashboard_plots_render_without_console_errors(browser, stack):
+    drv = browser
+    drv.get_log("browser")  # drop what earlier pages logged
+    drv.get(stack.url + "/ui/dashboard?refresh=0")
+    assert drv.find_element(By.ID, "plan-id").text == str(stack.plan_id)
+    plots = drv.find_elements(By.CSS_SELECTOR, "svg.plot")
+    assert len(plots) == 2
+    for p in plots:
+        box = p.rect
+        assert box["width"] > 100 and box["height"] > 50
+    assert drv.find_elements(By.CSS_SELECTOR, "svg.plot circle"), "no plotted point"
+    assert len(drv.find_elements(By.CSS_SELECTOR, "#plan-history tr")) >= 2
+    drv.save_screenshot(str(SHOTS / "dashboard.png"))
+    assert _console_errors(drv) == []
