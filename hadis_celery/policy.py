@@ -144,11 +144,19 @@ def can_meet(now: float, deadline: float, seconds: float) -> bool:
 
 @dataclass(frozen=True)
 class BatchChoice:
-    """Indices (into the candidates, in queue order) to run, to drop, and to give back."""
+    """Indices (into the candidates, in queue order) to run and to drop; ``shrunk`` were
+    taken but cut to meet deadlines; candidates from ``seen`` on were not looked at."""
 
     run: list[int]
     drop: list[int]
-    back: list[int]
+    shrunk: list[int]
+    seen: int
+    total: int
+
+    @property
+    def back(self) -> list[int]:
+        """Everything that goes back to the queue, in queue order."""
+        return self.shrunk + list(range(self.seen, self.total))
 
 
 def take_batch(now: float, deadlines: Sequence[float], cap: int,
@@ -156,25 +164,27 @@ def take_batch(now: float, deadlines: Sequence[float], cap: int,
     """Pick the batch a worker runs now from candidates in queue order.
 
     Candidates that cannot meet their deadline even alone (``seconds(1)``) are dropped;
-    up to ``cap`` others are taken; the batch shrinks until ``now + seconds(b)`` meets
-    every member's deadline; what was taken beyond ``b`` and what was not looked at go back.
+    up to ``cap`` others are taken (the scan stops there, so a long queue costs only what
+    is read); the batch shrinks until ``now + seconds(b)`` meets every member's deadline;
+    what was taken beyond ``b`` and what was not looked at go back.
     """
     cap = max(1, int(cap))
     one = seconds(1)
     run: list[int] = []
     drop: list[int] = []
-    back: list[int] = []
-    for i, d in enumerate(deadlines):
-        if len(run) >= cap:
-            back.append(i)
-        elif not can_meet(now, d, one):
-            drop.append(i)
+    seen = 0
+    for seen in range(len(deadlines) + 1):
+        if seen == len(deadlines) or len(run) >= cap:
+            break
+        if can_meet(now, deadlines[seen], one):
+            run.append(seen)
         else:
-            run.append(i)
+            drop.append(seen)
     b = len(run)
     while b > 1 and not can_meet(now, min(deadlines[j] for j in run[:b]), seconds(b)):
         b -= 1
-    return BatchChoice(run=run[:b], drop=drop, back=sorted(run[b:] + back))
+    return BatchChoice(run=run[:b], drop=drop, shrunk=run[b:], seen=seen,
+                       total=len(deadlines))
 
 
 def judges(queue: str, model_id: int, light: int, heavy: int) -> bool:

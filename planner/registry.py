@@ -56,6 +56,23 @@ class ModelSpec:
         except KeyError as exc:
             raise ValueError(f"model {self.name}: no latency for batch size {batch}") from exc
 
+    def batch_seconds(self, batch: int) -> float:
+        """Seconds for a batch of any size up to the largest profiled one: the profiled
+        figure, linearly interpolated between neighbouring sizes for a partial batch (e.g. 3
+        between 2 and 4). The replay backend sleeps it and the simulator schedules by it."""
+        sizes = self.batch_sizes
+        if batch in sizes:
+            return self.batch_latency(batch)
+        if batch > sizes[-1]:
+            raise ValueError(f"model {self.name}: batch of {batch} is larger than the "
+                             f"largest profiled batch {sizes[-1]}")
+        if batch < sizes[0]:
+            return self.batch_latency(sizes[0]) * batch / sizes[0]
+        lo = max(b for b in sizes if b < batch)
+        hi = min(b for b in sizes if b > batch)
+        w = (batch - lo) / (hi - lo)
+        return (1 - w) * self.batch_latency(lo) + w * self.batch_latency(hi)
+
     @property
     def latency_b1(self) -> float:
         return self.batch_latency(min(self.batch_sizes))

@@ -16,12 +16,13 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
 - Workers are bound to queues (``light_<m>``/``heavy_<m>``). A worker takes up to the
   plan's batch size for its model from its queue, first dropping queries that cannot meet
   their deadline even alone, then shrinking the batch until its finish time meets every
-  member's deadline. Batch latency comes from the registry (linear between the profiled
-  batch sizes).
+  member's deadline (``hadis_celery.policy.take_batch``, as the live workers). Batch
+  latency is ``ModelSpec.batch_seconds`` (linear between the profiled batch sizes).
 - After a light batch the discriminator reads each prompt's recorded score for that model;
   below τ the query is requeued to the heavy queue with its original deadline. A query
   whose light model is no longer the active plan's light model is accepted.
-- A new plan rebinds workers with the fewest moves; a busy worker finishes its batch first;
+- A new plan rebinds workers with the fewest moves (``policy.assign_queues``, as the beat;
+  spare workers join the busiest queue); a busy worker finishes its batch first;
   a worker that changes model is unavailable for ``swap_delay_s`` (loading weights);
   changing role on the same model is free. Queued queries of a queue that loses all its
   workers move to the new plan's queue of the same role.
@@ -44,7 +45,7 @@ import numpy as np
 from hadis_celery import policy
 from planner.cascade import CascadeConfig
 from planner.plan import Plan, PlannerInputError, PlannerState, QueueState
-from planner.registry import ModelSpec, Registry
+from planner.registry import Registry
 from sim.fid import FidSurface
 
 SERVED, LATE, DROPPED = 0, 1, 2
@@ -95,15 +96,17 @@ class SimSettings:
     seed: int = 0
 
 
-def batch_seconds(spec: ModelSpec, b: int) -> float:
-    """Batch latency for any ``b`` up to the largest profiled size (linear in between)."""
-    sizes = spec.batch_sizes
-    if b in spec.latency:
-        return float(spec.latency[b])
-    lat = [spec.latency[s] for s in sizes]
-    if b > sizes[-1]:
-        raise ValueError(f"model {spec.name}: batch {b} above the profiled {sizes[-1]}")
-    return float(np.interp(b, sizes, lat))
+class _QueuedDeadlines(Sequence[float]):
+    """The deadlines of a queue's members, read lazily (``take_batch`` stops at the cap)."""
+
+    def __init__(self, queue: deque[int], deadline: np.ndarray) -> None:
+        self.queue, self.deadline = queue, deadline
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        return float(self.deadline[self.queue[k]])
 
 
 @dataclass
@@ -304,46 +307,26 @@ class Simulation:
             out[m] = out.get(m, 0) + k
         return out
 
-    def _theta(self, plan: Plan) -> float:
-        if plan.routing == "random":
-            return plan.theta
-        theta = plan.theta
-        if math.isnan(theta):
-            if self.theta_for is None:
-                raise ValueError("the table has no θ and the simulation has no router profile")
-            theta = self.theta_for(plan.config.router_ratio)
-        return theta
-
     def _apply(self, plan: Plan) -> None:
         self.plan = plan
-        self.theta = self._theta(plan)
-        self.light_q = self.registry.get(plan.config.light).light_queue
-        single = plan.config.light == plan.config.heavy
-        self.heavy_q = self.light_q if single else self.registry.get(plan.config.heavy).heavy_queue
+        active = policy.ActivePlan.from_plan(plan, self.registry, theta_for=self.theta_for,
+                                             now=self.now)
+        self.theta, self.light_q, self.heavy_q = (active.theta, active.light_queue,
+                                                  active.heavy_queue)
         target = {q: k for q, k in plan.workers.items() if k > 0}
         if sum(target.values()) > self.s.workers:
             raise ValueError(f"plan uses {sum(target.values())} workers, budget {self.s.workers}")
-        # Keep as many workers as possible where they are; move the rest.
-        keep: dict[str, int] = {}
-        free: list[int] = []
+        # The live beat's rebinding: fewest moves, spare workers to the busiest queue.
+        current = {str(w): [q] if q else [] for w, q in enumerate(self.w_target)}
+        assignment = policy.assign_queues(current, target)
         for w in range(self.s.workers):
-            q = self.w_target[w]
-            if q is not None and keep.get(q, 0) < target.get(q, 0):
-                keep[q] = keep.get(q, 0) + 1
-            else:
-                free.append(w)
-        for q in sorted(target):
-            for _ in range(target[q] - keep.get(q, 0)):
-                self._retarget(free.pop(0), q)
-        for w in free:
-            self._retarget(w, None)
+            self._retarget(w, assignment.get(str(w)))
         # Queued work on queues that lost every worker moves to the same role's new queue.
         for q, dq in list(self.queues.items()):
-            if dq and target.get(q, 0) == 0:
-                dest = self.heavy_q if q.startswith("heavy_") else self.light_q
-                if dest != q:
-                    self.queues.setdefault(dest, deque()).extend(dq)
-                    dq.clear()
+            dest = policy.orphan_destination(active, q)
+            if dq and target.get(q, 0) == 0 and dest != q:
+                self.queues.setdefault(dest, deque()).extend(dq)
+                dq.clear()
         for w in range(self.s.workers):
             self._dispatch(w)
 
@@ -400,26 +383,20 @@ class Simulation:
         assert self.plan is not None
         cap = max(1, min(self.plan.batch.get(spec.id, 1), spec.batch_sizes[-1]))
         extra = self.s.disc_s if q.startswith("light_") else 0.0
-        l1 = batch_seconds(spec, 1) + extra
-        take: list[int] = []
-        while dq and len(take) < cap:
-            i = dq.popleft()
-            if not policy.can_meet(self.now, self.deadline[i], l1):
-                self._end(i, DROPPED, reason=f"cannot meet deadline on {q}")
-                continue
-            take.append(i)
-        if not take:
+        choice = policy.take_batch(self.now, _QueuedDeadlines(dq, self.deadline), cap,
+                                   lambda b: spec.batch_seconds(b) + extra)
+        seen = [dq.popleft() for _ in range(choice.seen)]
+        for k in choice.drop:
+            self._end(seen[k], DROPPED, reason=f"cannot meet deadline on {q}")
+        for k in reversed(choice.shrunk):
+            dq.appendleft(seen[k])
+        if not choice.run:
             return
-        b = len(take)
-        while b > 1 and self.now + batch_seconds(spec, b) + extra > min(
-                self.deadline[j] for j in take[:b]):
-            b -= 1
-        for j in reversed(take[b:]):
-            dq.appendleft(j)
-        batch = take[:b]
+        batch = [seen[k] for k in choice.run]
+        b = len(batch)
         self.w_busy[w] = True
         self.executions[spec.id] += len(batch)
-        self._push(self.now + batch_seconds(spec, b) + extra, _DONE, w, batch)
+        self._push(self.now + spec.batch_seconds(b) + extra, _DONE, w, batch)
 
     def _done(self, w: int, batch: list[int]) -> None:
         q = self.w_queue[w]

@@ -47,7 +47,11 @@ def test_take_batch_drops_the_hopeless_shrinks_to_deadlines_and_gives_back():
     assert c.run == [0, 2] and c.back == [3, 4, 5]  # 3 members would need 2.6 s > 2.0
     c = policy.take_batch(0.0, [10] * 6, 4, secs)
     assert c.run == [0, 1, 2, 3] and c.back == [4, 5] and c.drop == []
-    assert policy.take_batch(0.0, [], 4, secs) == policy.BatchChoice([], [], [])
+    empty = policy.take_batch(0.0, [], 4, secs)
+    assert empty.run == empty.drop == empty.back == []
+    # the scan stops at the cap: a long queue is read only as far as needed
+    long = policy.take_batch(0.0, [10] * 1000, 2, secs)
+    assert long.seen == 2 and long.run == [0, 1] and len(long.back) == 998
     assert policy.take_batch(5.0, [5.9], 1, secs).drop == [0]
 
 

@@ -290,20 +290,11 @@ def load_score_table(source: str | os.PathLike[str] | None = None) -> ScoreTable
 
 
 def batch_seconds(spec: ModelSpec, batch: int) -> float:
-    """Profiled seconds for a batch: the registry's figure, linearly interpolated between
-    neighbouring profiled sizes for a partial batch (e.g. 3 between 2 and 4)."""
-    sizes = spec.batch_sizes
-    if batch in sizes:
-        return spec.batch_latency(batch)
-    if batch > sizes[-1]:
+    """``spec.batch_seconds``, refusing a batch above the profiled sizes as too large."""
+    if batch > spec.batch_sizes[-1]:
         raise BatchTooLargeError(f"model {spec.name}: batch of {batch} is larger than the "
-                                 f"largest profiled batch {sizes[-1]}")
-    if batch < sizes[0]:
-        return spec.batch_latency(sizes[0]) * batch / sizes[0]
-    lo = max(b for b in sizes if b < batch)
-    hi = min(b for b in sizes if b > batch)
-    w = (batch - lo) / (hi - lo)
-    return (1 - w) * spec.batch_latency(lo) + w * spec.batch_latency(hi)
+                                 f"largest profiled batch {spec.batch_sizes[-1]}")
+    return spec.batch_seconds(batch)
 
 
 def placeholder_image(spec: ModelSpec, prompt: str, quality: float, seed: int,
