@@ -24,5 +24,5 @@ test: install services system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-bench: install
-	$(PY) -m bench.router
+bench: install services
+	for b in router planner simulate plus backends frontdoor; do $(PY) -m bench.$$b; done
