@@ -13,6 +13,7 @@ profiled batch (at the time factor), so a long batch is never redelivered while 
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging
 from kombu import Queue
 
 from hadis_celery.deployment import CONTROL_QUEUE, model_queues, registry
@@ -75,6 +76,14 @@ def make_app(s: Settings | None = None, fast_fail: bool = False) -> Celery:
             "interval_step": 0.2, "interval_max": 0.2}
     app.conf.hadis_settings = s
     return app
+
+
+@setup_logging.connect
+def _structured_logs(loglevel=None, **_) -> None:
+    """Workers and beat log JSON lines (``HADIS_LOG_FORMAT``), like the front door."""
+    from hadis_celery.logs import configure
+
+    configure(level=loglevel or "INFO")
 
 
 app = make_app()

@@ -47,6 +47,9 @@ class Settings:
     # Replay backend: profiled latency x time_factor. The planner runs in profile time
     # (SLO / factor, demand x factor), so a fast replay keeps the same plans.
     time_factor: float = field(default_factory=lambda: _float("HADIS_TIME_FACTOR", 1.0))
+    # Replay backend: seconds (profile time, x time_factor) a worker spends loading another
+    # model's weights when the plan moves it; the simulator's swap delay.
+    swap_delay_s: float = field(default_factory=lambda: _float("HADIS_SWAP_DELAY_S", 10.0))
     slo_s: float = field(default_factory=lambda: _float("HADIS_SLO_S", 60.0))
     max_slo_s: float = field(default_factory=lambda: _float("HADIS_MAX_SLO_S", 3600.0))
     plan_period_s: float = field(default_factory=lambda: _float("HADIS_PLAN_PERIOD_S", 10.0))

@@ -18,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from werkzeug.serving import make_server
 
+    from hadis_celery.logs import configure
     from webapp import create_app
+
+    configure()
 
     server = make_server(args.host, args.port, create_app(), threaded=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -111,11 +111,15 @@ class WorkerRuntime:
 
         if self.backend is not None and self.backend.spec.id == spec.id:
             return self.backend
+        switching = self.backend is not None
         if self.backend is not None:
             log.info("switching model %s -> %s", self.backend.spec.name, spec.name)
             self.backend.unload()
             self.backend = None
-        opts = {"time_factor": self.s.time_factor} if spec.backend == "replay" else {}
+        opts = {}
+        if spec.backend == "replay":  # a swap costs what the simulator charges for it
+            opts = {"time_factor": self.s.time_factor,
+                    "load_delay_s": self.s.swap_delay_s if switching else 0.0}
         self.backend = load_backend(spec, **opts)
         return self.backend
 

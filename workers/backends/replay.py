@@ -344,7 +344,7 @@ class ReplayBackend(Backend):
 
     def __init__(self, spec: ModelSpec, max_batch: int | None = None, time_factor: float = 1.0,
                  scores: ScoreTable | str | os.PathLike[str] | None = None,
-                 image_size: int = 96) -> None:
+                 image_size: int = 96, load_delay_s: float = 0.0) -> None:
         super().__init__(spec, max_batch)
         try:
             factor = float(time_factor)
@@ -354,7 +354,10 @@ class ReplayBackend(Backend):
             raise BackendError(f"time_factor must be a finite number >= 0, got {time_factor!r}")
         if not 16 <= int(image_size) <= 1024:
             raise BackendError(f"image_size must be between 16 and 1024, got {image_size!r}")
+        if not (float(load_delay_s) >= 0 and math.isfinite(float(load_delay_s))):
+            raise BackendError(f"load_delay_s must be a finite number >= 0, got {load_delay_s!r}")
         self.time_factor = factor
+        self.load_delay_s = float(load_delay_s)  # profile seconds; slept x time_factor
         self.image_size = int(image_size)
         self._source = scores
         self.table: ScoreTable | None = None
@@ -371,6 +374,8 @@ class ReplayBackend(Backend):
         if self.spec.id not in table.quantiles:
             raise ScoreSourceError(f"model {self.spec.name} (id {self.spec.id}): {table.source} "
                                    f"has scores for models {table.models} only")
+        if self.load_delay_s > 0:  # a model swap: weights would be loading now
+            time.sleep(self.load_delay_s * self.time_factor)
         self.table = table
 
     def unload(self) -> None:
