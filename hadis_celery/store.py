@@ -143,3 +143,8 @@ def set_plan_live(engine: Engine, plan_id: int, live: dict, bindings: dict) -> N
 def latest_plans(engine: Engine, limit: int = 10) -> list[PlanRow]:
     with transaction(engine) as s:
         return list(s.scalars(select(PlanRow).order_by(PlanRow.id.desc()).limit(limit)))
+
+
+def get_plan(engine: Engine, plan_id: int) -> PlanRow | None:
+    with transaction(engine) as s:
+        return s.get(PlanRow, plan_id)

@@ -21,7 +21,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from hadis_celery.settings import Settings, settings
-from webapp.frontdoor import RETRY_AFTER_S, ApiError, FrontDoor, describe, parse_request
+from webapp.frontdoor import (
+    RETRY_AFTER_S,
+    ApiError,
+    FrontDoor,
+    describe,
+    describe_plan,
+    parse_request,
+)
 from webapp.openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -120,6 +127,27 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
         if row is None:
             raise ApiError(404, "not_found", "no generation with this id")
         return jsonify(describe(row, reg))
+
+    @app.get("/v1/plans/<plan_id>")
+    def get_plan(plan_id: str):
+        from hadis_celery import store
+
+        if not plan_id.isdigit() or len(plan_id) > 12:
+            raise ApiError(404, "not_found", "no plan with this id")
+        row = store.get_plan(_door().engine, int(plan_id))
+        if row is None:
+            raise ApiError(404, "not_found", "no plan with this id")
+        return jsonify(describe_plan(row, reg))
+
+    @app.get("/v1/plans")
+    def list_plans():
+        from hadis_celery import store
+
+        raw = request.args.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+            raise ApiError(400, "bad_limit", "limit must be an integer from 1 to 500")
+        rows = store.latest_plans(_door().engine, int(raw))
+        return jsonify({"plans": [describe_plan(r, reg) for r in rows]})
 
     @app.get("/v1/images/<name>")
     def get_image(name: str):

@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 
 from hadis_celery import policy, store
 from hadis_celery.live import LiveState
-from hadis_celery.models import QueryRow
+from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.router import validate_prompt
 from hadis_celery.settings import Settings
 from planner.registry import Registry
@@ -188,4 +188,27 @@ def describe(row: QueryRow, registry: Registry, base: str = "") -> dict:
         "timings": timings, "reason": row.reason, "plan_id": row.plan_id,
         "status_url": f"{base}/v1/generations/{row.id}",
         "image_url": f"{base}/v1/images/{row.id}.png" if done else None,
+    }
+
+
+def describe_plan(row: PlanRow, registry: Registry) -> dict:
+    """The public JSON of a plan (``GET /v1/plans/<id>``): the pair, thresholds, workers and
+    batch sizes it published, and its predicted FID."""
+
+    def model(m: int) -> dict:
+        try:
+            return {"id": m, "name": registry.get(m).name}
+        except KeyError:
+            return {"id": m, "name": str(m)}
+
+    live, body = row.live or {}, row.body or {}
+    return {
+        "id": row.id, "planner": row.planner,
+        "created": row.created.isoformat() if row.created else None,
+        "light": model(row.light), "heavy": model(row.heavy),
+        "theta": _num(live.get("theta")), "tau": _num(live.get("tau")),
+        "router_ratio": body.get("router_ratio"), "disc_ratio": body.get("disc_ratio"),
+        "workers": body.get("workers", {}), "batch": body.get("batch", {}),
+        "demand": _num(row.demand), "fid": _num(row.fid), "overloaded": bool(row.overloaded),
+        "bindings": row.bindings or {},
     }

@@ -96,6 +96,18 @@ def openapi_document() -> dict:
                                       "content": {"image/png": {}}},
                               "404": _err("unknown id"), "409": _err("not done yet"),
                               "503": busy}}},
+            "/v1/plans": {"get": {
+                "summary": "The latest plans, newest first",
+                "parameters": [{"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+                "responses": {"200": {"description": "{plans: [Plan]}"},
+                              "400": _err("bad limit"), "503": busy}}},
+            "/v1/plans/{id}": {"get": {
+                "summary": "One plan: pair, thresholds, workers and batch sizes, predicted FID",
+                "parameters": [{"name": "id", "in": "path", "required": True,
+                                "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "the plan"},
+                              "404": _err("unknown id"), "503": busy}}},
             "/v1/health": {"get": {"summary": "Redis, SQL and plan status",
                                    "responses": {"200": {"description": "all up"},
                                                  "503": busy}}},
