@@ -1,8 +1,11 @@
-"""The Flask front door: ``create_app()`` builds the JSON API (``/v1``) and its OpenAPI page.
+"""The Flask front door: ``create_app()`` builds the JSON API (``/v1``), its OpenAPI page, the
+web pages (``/ui``, ``webapp.pages``) and ``/metrics``.
 
-Views are thin: ``webapp.frontdoor`` holds the logic. Every error is JSON
+Views are thin: ``webapp.frontdoor`` holds the logic. Every ``/v1`` error is JSON
 ``{"error": {"code", "message"}}``: bad input is a 4xx, a Redis or SQL outage a 503 with
-``Retry-After``, anything unforeseen a 500 in the same shape (never an HTML page).
+``Retry-After``, anything unforeseen a 500 in the same shape (never a stack trace). The
+same errors on a ``/ui`` page are an HTML page. Every submission's outcome is one
+structured log record (``query.accepted`` / ``query.refused``, ``hadis_celery.logs``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from hadis_celery.logs import event
 from hadis_celery.settings import Settings, settings
 from webapp.frontdoor import (
     RETRY_AFTER_S,
@@ -27,18 +31,41 @@ from webapp.frontdoor import (
     FrontDoor,
     describe,
     describe_plan,
+    log_refused,
     parse_request,
 )
 from webapp.openapi import openapi_document
 
 log = logging.getLogger(__name__)
-ID_RE = re.compile(r"^[0-9a-f]{32}$")
-IMAGE_RE = re.compile(r"^([0-9a-f]{32})\.png$")
+ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch only: "$" would let a trailing newline in
+IMAGE_RE = re.compile(r"([0-9a-f]{32})\.png")
+PLAN_ID_RE = re.compile(r"[0-9]{1,12}")  # ASCII digits: str.isdigit() takes "²", int() not
+LIMIT_RE = re.compile(r"[0-9]{1,4}")
+SUBMIT_PATHS = ("/v1/generations", "/ui/generate")
 
 
-def _error(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
-    resp = jsonify({"error": {"code": code, "message": message}})
-    resp.status_code = status
+def _log_outcome(status: int, code: str, message: str, fields: dict) -> None:
+    """A refused submission is a ``query.refused`` record; any other 5xx a
+    ``request.failed`` one (with ``down`` when a backing service is)."""
+    if request.method == "POST" and request.path in SUBMIT_PATHS:
+        log_refused(status, code, message, g.get("client") or request.remote_addr,
+                    request.path, **fields)
+    elif status >= 500:
+        event(log, "request.failed", logging.WARNING, status=status, code=code,
+              method=request.method, path=request.path[:200], **fields)
+
+
+def _error(status: int, code: str, message: str, retry_after: int | None = None,
+           **fields: object) -> Response:
+    """The error response: JSON for the API, an HTML page for a ``/ui`` page; logged."""
+    from webapp import pages
+
+    _log_outcome(status, code, message, fields)
+    if pages.is_page(request.path):
+        resp = pages.error_page(status, code, message)
+    else:
+        resp = jsonify({"error": {"code": code, "message": message}})
+        resp.status_code = status
     if retry_after is not None:
         resp.headers["Retry-After"] = str(retry_after)
     return resp
@@ -106,6 +133,8 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, ValueError):
             raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        except RecursionError:  # e.g. 16 kB of "[": the parser gives up, not the server
+            raise ApiError(400, "invalid_json", "the body is nested too deeply") from None
         if body is None:
             raise ApiError(400, "invalid_json", "the body is empty; send a JSON object")
         req = parse_request(body, s.max_slo_s)
@@ -121,7 +150,7 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     def get_generation(qid: str):
         from hadis_celery import store
 
-        if not ID_RE.match(qid):
+        if not ID_RE.fullmatch(qid):
             raise ApiError(404, "not_found", "no generation with this id")
         row = store.get_query(_door().engine, qid)
         if row is None:
@@ -132,7 +161,7 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     def get_plan(plan_id: str):
         from hadis_celery import store
 
-        if not plan_id.isdigit() or len(plan_id) > 12:
+        if not PLAN_ID_RE.fullmatch(plan_id):
             raise ApiError(404, "not_found", "no plan with this id")
         row = store.get_plan(_door().engine, int(plan_id))
         if row is None:
@@ -144,7 +173,7 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
         from hadis_celery import store
 
         raw = request.args.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        if not LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= 500:
             raise ApiError(400, "bad_limit", "limit must be an integer from 1 to 500")
         rows = store.latest_plans(_door().engine, int(raw))
         return jsonify({"plans": [describe_plan(r, reg) for r in rows]})
@@ -153,7 +182,7 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     def get_image(name: str):
         from hadis_celery import store
 
-        m = IMAGE_RE.match(name)
+        m = IMAGE_RE.fullmatch(name)
         if not m:
             raise ApiError(404, "not_found", "no image with this name (expected <id>.png)")
         row = store.get_query(_door().engine, m.group(1))
@@ -205,7 +234,8 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return _error(exc.status, exc.code, exc.message, exc.retry_after)
+        fields = {"down": "plan"} if exc.code == "no_plan" else {}
+        return _error(exc.status, exc.code, exc.message, exc.retry_after, **fields)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -219,22 +249,24 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     @app.errorhandler(redis.exceptions.TimeoutError)
     @app.errorhandler(KombuOperationalError)
     def _redis_down(exc: Exception):
-        log.warning("redis unavailable: %s", exc)
         return _error(503, "redis_unavailable", "the queue (Redis) is unavailable; "
-                      "nothing was recorded, retry later", RETRY_AFTER_S)
+                      "nothing was recorded, retry later", RETRY_AFTER_S, down="redis",
+                      error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)
     def _sql_down(exc: Exception):
-        log.warning("database unavailable: %s", str(exc).splitlines()[0])
+        first = (str(exc).splitlines() or [""])[0][:200]
         return _error(503, "database_unavailable", "the database is unavailable; "
-                      "nothing was recorded, retry later", RETRY_AFTER_S)
+                      "nothing was recorded, retry later", RETRY_AFTER_S, down="database",
+                      error=f"{type(exc).__name__}: {first}")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         if isinstance(exc, (ConnectionError, OSError)):
             return _error(503, "unavailable", f"a backing service is unavailable "
-                          f"({type(exc).__name__}); retry later", RETRY_AFTER_S)
+                          f"({type(exc).__name__}); retry later", RETRY_AFTER_S,
+                          down=type(exc).__name__)
         log.exception("unexpected error")
         return _error(500, "internal_error", "unexpected error; it was logged")
 

@@ -14,6 +14,7 @@ Order of work for ``POST /v1/generations`` (SQL is the record, Redis the transpo
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import numbers
 import random
@@ -25,6 +26,7 @@ from sqlalchemy import Engine
 
 from hadis_celery import policy, store
 from hadis_celery.live import LiveState
+from hadis_celery.logs import event
 from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.router import validate_prompt
 from hadis_celery.settings import Settings
@@ -33,6 +35,7 @@ from planner.registry import Registry
 FIELDS = ("prompt", "slo_s", "seed")
 SEED_MAX = 2**31 - 1  # a signed 32-bit integer column
 RETRY_AFTER_S = 5
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -103,10 +106,11 @@ class FrontDoor:
         self.s, self.engine, self.live, self.celery = s, engine, live, celery_app
         self.router, self.registry = router, registry
 
-    def submit(self, req: GenerationRequest, client: str, received_at: float
-               ) -> tuple[QueryRow, float]:
+    def submit(self, req: GenerationRequest, client: str, received_at: float,
+               via: str = "api") -> tuple[QueryRow, float]:
         """Accept one request: returns the row and seconds from ``received_at`` to the
-        message being sent. Raises ``ApiError`` (429, 503) or a Redis/SQL error."""
+        message being sent, and logs ``query.accepted`` (``via``: api or form). Raises
+        ``ApiError`` (429, 503) or a Redis/SQL error; the caller logs the refusal."""
         from workers.serving import send_generate
 
         try:
@@ -146,7 +150,20 @@ class FrontDoor:
             self.live.count_arrival(queue)
         except Exception:  # accepted already; demand is a little under-counted
             pass
+        event(log, "query.accepted", query_id=qid, route=role, queue=queue,
+              hardness=_num(round(score, 6)), theta=_num(plan.theta), tau=_num(row.tau),
+              plan_id=row.plan_id, slo_s=slo, client=client[:128], via=via,
+              added_ms=round(added * 1000, 3))
         return row, added
+
+
+def log_refused(status: int, code: str, message: str, client: str | None, path: str,
+                **fields: object) -> None:
+    """One ``query.refused`` record: why a submission was not accepted (503s say what is
+    down in ``down``). The prompt is never logged."""
+    event(log, "query.refused", logging.WARNING if status >= 500 else logging.INFO,
+          status=status, code=code, detail=message[:300], client=(client or "?")[:128],
+          path=path, **fields)
 
 
 def _num(x: float | None) -> float | str | None:

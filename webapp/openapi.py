@@ -40,6 +40,28 @@ def openapi_document() -> dict:
             "status_url": {"type": "string"}, "image_url": {"type": ["string", "null"]},
         },
     }
+    model = {"type": "object", "properties": {"id": {"type": "integer"},
+                                              "name": {"type": "string"}}}
+    plan = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"}, "planner": {"type": "string"},
+            "created": {"type": ["string", "null"], "description": "ISO 8601"},
+            "light": model, "heavy": model,
+            "theta": {**_NUM, "description": "hardness threshold θ published"},
+            "tau": {**_NUM, "description": "quality threshold τ published"},
+            "router_ratio": {"type": ["number", "null"]},
+            "disc_ratio": {"type": ["number", "null"]},
+            "workers": {"type": "object", "description": "queue -> workers",
+                        "additionalProperties": {"type": "integer"}},
+            "batch": {"type": "object", "description": "model id -> batch size",
+                      "additionalProperties": {"type": "integer"}},
+            "demand": {**_NUM, "description": "queries/s the plan was made for"},
+            "fid": {**_NUM, "description": "predicted FID"},
+            "overloaded": {"type": "boolean"},
+            "bindings": {"type": "object", "description": "worker -> queue applied"},
+        },
+    }
     busy = {"description": "Redis or the database is unavailable (see Retry-After)",
             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -61,6 +83,7 @@ def openapi_document() -> dict:
                                                  "HADIS_SLO_S, at most HADIS_MAX_SLO_S)"},
                         "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX}}},
                 "Generation": gen,
+                "Plan": plan,
             },
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header",
                                            "name": "X-API-Key"}},
@@ -100,13 +123,18 @@ def openapi_document() -> dict:
                 "summary": "The latest plans, newest first",
                 "parameters": [{"name": "limit", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
-                "responses": {"200": {"description": "{plans: [Plan]}"},
+                "responses": {"200": {"description": "the plans", "content": {
+                    "application/json": {"schema": {
+                        "type": "object", "properties": {"plans": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/Plan"}}}}}}},
                               "400": _err("bad limit"), "503": busy}}},
             "/v1/plans/{id}": {"get": {
                 "summary": "One plan: pair, thresholds, workers and batch sizes, predicted FID",
                 "parameters": [{"name": "id", "in": "path", "required": True,
                                 "schema": {"type": "integer"}}],
-                "responses": {"200": {"description": "the plan"},
+                "responses": {"200": {"description": "the plan", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Plan"}}}},
                               "404": _err("unknown id"), "503": busy}}},
             "/v1/health": {"get": {"summary": "Redis, SQL and plan status",
                                    "responses": {"200": {"description": "all up"},

@@ -1,21 +1,19 @@
-"""The human side of the front door: a web form, result pages, a gallery and a dashboard.
+"""The human side of the front door: a web form, result pages, a gallery, a dashboard, and
+HTML error pages for every ``/ui`` page.
 
-Server-rendered Jinja (autoescaped: a prompt is user text and is never marked safe), a
-little vendored-free JavaScript under ``static/`` that only sets ``textContent``, and plots
-drawn here as inline SVG, so nothing needs a build step or the network. The form is
-protected by a per-session CSRF token; bad input re-renders the form with a message and
-the typed text, never a stack trace. When the API requires keys the form is off (it would
-otherwise be an unauthenticated way in), the dashboard stays readable.
+Server-rendered Jinja (autoescaped: a prompt is user text and is never marked safe), two
+small scripts under ``static/`` that set only ``textContent`` and SVG attributes, and plots
+drawn here as inline SVG (``webapp.plots``), so nothing needs a build step or the network.
+The form is protected by a per-session CSRF token; bad input re-renders the form with a
+message and the typed text, never a stack trace. When the API requires keys the form is
+off (it would otherwise be an unauthenticated way in), the dashboard stays readable.
 """
 
 from __future__ import annotations
 
 import hmac
-import math
 import os
 import secrets
-import time
-from dataclasses import dataclass
 
 import redis.exceptions
 from flask import (
@@ -26,6 +24,7 @@ from flask import (
     current_app,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
@@ -34,26 +33,49 @@ from flask import (
     url_for,
 )
 from kombu.exceptions import OperationalError as KombuOperationalError
-from markupsafe import Markup, escape
+from markupsafe import escape
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
+from werkzeug.http import HTTP_STATUS_CODES
 
 from hadis_celery import store
-from hadis_celery.deployment import model_queues
-from hadis_celery.live import BEAT_KEY
-from hadis_celery.models import PlanRow, QueryRow
+from hadis_celery.deployment import load_table
+from hadis_celery.models import QueryRow
 from hadis_celery.router.prompt import MAX_PROMPT_CHARS
-from webapp.frontdoor import ApiError, FrontDoor, describe, parse_request
+from webapp import dashboard as dash
+from webapp.frontdoor import ApiError, FrontDoor, describe, log_refused, parse_request
+from webapp.plots import svg_plot
 
 FINAL = ("done", "dropped", "failed")
 GALLERY_SIZE = 24
-SERIES_WINDOW_S = 3600.0  # the plots show the last hour
-SERIES_BUCKET_S = 60.0
-SERIES_ROWS = 5000  # at most this many finished queries are read for the plots
 ID_LEN = 32
+REFRESH_S = 5  # the dashboard's live update period (``?refresh=N`` seconds, 0: off)
+# A form post percent-encodes every non-ASCII byte (3 bytes each): a prompt of the largest
+# allowed length in 4-byte characters is 24 kB, above the API's default body limit.
+FORM_MAX_BYTES = MAX_PROMPT_CHARS * 4 * 3 + 4096
 
 bp = Blueprint("pages", __name__, url_prefix="/ui", template_folder="templates",
                static_folder="static", static_url_path="/static")
+
+
+def is_page(path: str) -> bool:
+    """True for the ``/ui`` paths a browser shows (their errors are HTML); the JSON the
+    pages poll (``*.json``) keeps JSON errors."""
+    return (path == "/ui" or path.startswith("/ui/")) and not path.endswith(".json")
+
+
+def error_page(status: int, code: str, message: str) -> Response:
+    """An HTML error page in the site's layout (a bare one if even that fails)."""
+    title = HTTP_STATUS_CODES.get(status, "Error")
+    try:
+        html = render_template("error.html", status=status, title=title, code=code,
+                               message=message)
+    except Exception:  # the layout itself is broken: still no stack trace
+        html = (f"<!doctype html><title>{status} {escape(title)}</title>"
+                f"<h1>{status} {escape(title)}</h1><p>{escape(message)}</p>")
+    resp = make_response(html, status)
+    resp.mimetype = "text/html"
+    return resp
 
 
 def _door() -> FrontDoor:
@@ -73,17 +95,38 @@ def _csrf_ok(sent: str) -> bool:
     return bool(tok) and hmac.compare_digest(str(tok), sent or "")
 
 
-def _form(prompt: str = "", slo: str = "", error: str | None = None, status: int = 200):
+def _form(prompt: str = "", slo: str = "", error: str | None = None, status: int = 200,
+          code: str = "", **fields: object):
+    """The form page; with ``error``, a refused submission (logged as ``query.refused``)."""
     door = _door()
+    if error:
+        log_refused(status, code or "invalid_form", error, g.get("client"), request.path,
+                    **fields)
     body = render_template("form.html", prompt=prompt, slo=slo, error=error,
                            max_chars=MAX_PROMPT_CHARS, default_slo=door.s.slo_s,
                            max_slo=door.s.max_slo_s, keys_required=bool(door.s.api_keys))
     return body, status
 
 
+@bp.before_request
+def _form_body_limit() -> None:
+    """Room for the longest allowed prompt, percent-encoded, in the form's body."""
+    if request.endpoint == "pages.generate":
+        try:
+            request.max_content_length = max(_door().s.max_request_bytes, FORM_MAX_BYTES)
+        except AttributeError:  # Flask < 3.1: the app-wide limit applies
+            pass
+
+
 @bp.get("/")
 def form():
     return _form()
+
+
+def _down(exc: Exception) -> str:
+    if isinstance(exc, (redis.exceptions.RedisError, KombuOperationalError)):
+        return "redis"
+    return "database" if isinstance(exc, DBAPIError) else type(exc).__name__
 
 
 @bp.post("/generate")
@@ -94,37 +137,39 @@ def generate():
     slo_text = request.form.get("slo_s", "").strip()
     if not _csrf_ok(request.form.get("csrf_token", "")):
         return _form(prompt, slo_text, "The form expired or was not sent from this site; "
-                     "please submit it again.", 400)
+                     "please submit it again.", 400, "csrf")
     if door.s.api_keys:
         return _form(prompt, slo_text, "This front door requires API keys; the web form is "
-                     "off. Use the JSON API with a key.", 403)
+                     "off. Use the JSON API with a key.", 403, "form_off")
     if len(prompt) > MAX_PROMPT_CHARS:
         return _form(prompt, slo_text, f"The prompt is too long: {len(prompt)} characters, "
-                     f"at most {MAX_PROMPT_CHARS}.", 400)
+                     f"at most {MAX_PROMPT_CHARS}.", 400, "prompt_too_long")
     body: dict = {"prompt": prompt}
     if slo_text:
         try:
             body["slo_s"] = float(slo_text)
         except ValueError:
-            return _form(prompt, slo_text, "The SLO must be a number of seconds.", 400)
+            return _form(prompt, slo_text, "The SLO must be a number of seconds.", 400,
+                         "invalid_slo")
     try:
         req = parse_request(body, door.s.max_slo_s)
-        row, _ = door.submit(req, g.client, g.t0)
+        row, _ = door.submit(req, g.client, g.t0, via="form")
     except ApiError as exc:
         msg = "The prompt is empty." if exc.code == "empty_prompt" else exc.message
-        return _form(prompt, slo_text, msg[:1].upper() + msg[1:], exc.status)
-    except (redis.exceptions.RedisError, KombuOperationalError, DBAPIError, OSError):
+        return _form(prompt, slo_text, msg[:1].upper() + msg[1:], exc.status, exc.code)
+    except (redis.exceptions.RedisError, KombuOperationalError, DBAPIError, OSError) as exc:
         return _form(prompt, slo_text, "The service is unavailable right now (queue or "
-                     "database down); nothing was recorded, please retry later.", 503)
+                     "database down); nothing was recorded, please retry later.", 503,
+                     "unavailable", down=_down(exc))
     return redirect(url_for("pages.result", qid=row.id), 303)
 
 
 def _row_or_404(qid: str) -> QueryRow:
     if len(qid) != ID_LEN or any(c not in "0123456789abcdef" for c in qid):
-        abort(404)
+        abort(404, description="There is no query with this id (ids are 32 hex digits).")
     row = store.get_query(_door().engine, qid)
     if row is None:
-        abort(404)
+        abort(404, description="There is no query with this id.")
     return row
 
 
@@ -151,10 +196,10 @@ def result_json(qid: str):
 def image(qid: str):
     row = _row_or_404(qid)
     if row.status != "done" or not row.image:
-        abort(404)
+        abort(404, description=f"This query has no image: it is {row.status}.")
     path = os.path.join(os.path.abspath(str(_door().s.image_dir)), f"{row.id}.png")
     if not os.path.isfile(path):
-        abort(404)
+        abort(404, description="The image file is gone from the image folder.")
     return send_file(path, mimetype="image/png", max_age=3600)
 
 
@@ -182,144 +227,38 @@ def _name(reg, mid: int | None) -> str:
         return str(mid)
 
 
-# -- dashboard ------------------------------------------------------------------------
-
-@dataclass
-class Series:
-    """One plot: (t, y) points with the y range to draw."""
-
-    title: str
-    points: list[tuple[float, float]]
-    ymin: float
-    ymax: float
-    unit: str = ""
+def _refresh_s() -> int:
+    """``?refresh=N``: live update every N seconds (0: off; bad values: the default)."""
+    raw = request.args.get("refresh", "")
+    if raw.isascii() and raw.isdigit() and len(raw) <= 4:
+        return min(int(raw), 3600)
+    return REFRESH_S
 
 
-def series(engine, now: float) -> tuple[Series, Series]:
-    """SLO violation ratio and mean quality per minute over the last hour, from SQL.
-    A violation is a dropped query or one that finished after its deadline."""
-    since = now - SERIES_WINDOW_S
-    with engine.connect() as c:
-        rows = c.execute(select(QueryRow.status, QueryRow.updated_at, QueryRow.finished_at,
-                                QueryRow.deadline, QueryRow.quality)
-                         .where(QueryRow.status.in_(FINAL), QueryRow.updated_at >= since)
-                         .order_by(QueryRow.updated_at.desc()).limit(SERIES_ROWS)).all()
-    n: dict[int, int] = {}
-    bad: dict[int, int] = {}
-    qsum: dict[int, float] = {}
-    qn: dict[int, int] = {}
-    for r in rows:
-        b = int((r.updated_at - since) // SERIES_BUCKET_S)
-        n[b] = n.get(b, 0) + 1
-        late = r.status == "dropped" or (r.finished_at is not None and r.deadline is not None
-                                         and r.finished_at > r.deadline)
-        bad[b] = bad.get(b, 0) + int(late)
-        if r.status == "done" and r.quality is not None and math.isfinite(r.quality):
-            qsum[b] = qsum.get(b, 0.0) + r.quality
-            qn[b] = qn.get(b, 0) + 1
-    viol = [(since + (b + 0.5) * SERIES_BUCKET_S, bad[b] / n[b]) for b in sorted(n)]
-    qual = [(since + (b + 0.5) * SERIES_BUCKET_S, qsum[b] / qn[b]) for b in sorted(qn)]
-    qs = [y for _, y in qual]
-    lo, hi = (min(qs), max(qs)) if qs else (0.0, 1.0)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    return (Series("SLO violation ratio", viol, 0.0, 1.0),
-            Series("Mean quality of served images", qual, lo, hi))
-
-
-def svg_plot(sr: Series, t0: float, t1: float, w: int = 420, h: int = 160) -> Markup:
-    """An inline SVG line plot (axes, min/max labels, one polyline, a dot per point)."""
-    pad = 36
-    iw, ih = w - pad - 8, h - 2 * 14
-
-    def x(t: float) -> float:
-        return pad + (t - t0) / max(t1 - t0, 1e-9) * iw
-
-    def y(v: float) -> float:
-        return 14 + (1 - (v - sr.ymin) / max(sr.ymax - sr.ymin, 1e-9)) * ih
-
-    pts = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in sr.points)
-    dots = "".join(f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="2.5"/>' for t, v in sr.points)
-    empty = ("" if sr.points else
-             f'<text x="{pad + iw / 2:.0f}" y="{h / 2:.0f}" text-anchor="middle">no data</text>')
-    return Markup(
-        f'<svg class="plot" role="img" aria-label="{escape(sr.title)}" width="{w}" '
-        f'height="{h}" viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">'
-        f'<title>{escape(sr.title)}</title>'
-        f'<line class="axis" x1="{pad}" y1="14" x2="{pad}" y2="{14 + ih}" stroke="#888"/>'
-        f'<line class="axis" x1="{pad}" y1="{14 + ih}" x2="{pad + iw}" y2="{14 + ih}" '
-        f'stroke="#888"/>'
-        f'<text x="{pad - 4}" y="18" text-anchor="end" font-size="10">{sr.ymax:.3g}</text>'
-        f'<text x="{pad - 4}" y="{14 + ih}" text-anchor="end" font-size="10">{sr.ymin:.3g}'
-        f'</text><text x="{pad}" y="{h - 1}" font-size="10">-60 min</text>'
-        f'<text x="{pad + iw}" y="{h - 1}" text-anchor="end" font-size="10">now</text>'
-        f'<polyline class="line" fill="none" stroke="#1f6feb" stroke-width="2" '
-        f'points="{pts}"/><g class="dots" fill="#1f6feb">{dots}</g>{empty}</svg>')
-
-
-def dashboard_data() -> dict:
-    """Everything the dashboard shows; Redis or SQL being down is shown, not raised."""
+def _dashboard_view() -> dict:
     door = _door()
-    reg = door.registry
-    now = time.time()
-    out: dict = {"now": now, "errors": [], "plan": None, "queues": {}, "beat": {},
-                 "workers": {}, "history": [], "plots": []}
-    try:
-        plan = door.live.get_plan()
-        out["queues"] = door.live.queue_lengths(model_queues(reg))
-        out["beat"] = door.live.get_json(BEAT_KEY) or {}
-        out["workers"] = door.live.live_workers()
-        if plan is not None:
-            out["plan"] = {**plan.to_dict(), "light_name": _name(reg, plan.light),
-                           "heavy_name": _name(reg, plan.heavy),
-                           "batch_named": {_name(reg, int(k)): v
-                                           for k, v in plan.to_dict()["batch"].items()}}
-    except (redis.exceptions.RedisError, OSError) as exc:
-        out["errors"].append(f"Redis unavailable ({type(exc).__name__})")
-    try:
-        plans = store.latest_plans(door.engine, 20)
-        out["history"] = [_plan_row(p, reg) for p in plans]
-        viol, qual = series(door.engine, now)
-        out["plots"] = [(sr.title, svg_plot(sr, now - SERIES_WINDOW_S, now))
-                        for sr in (viol, qual)]
-        out["violation_ratio"] = (sum(v for _, v in viol.points) / len(viol.points)
-                                  if viol.points else None)
-    except DBAPIError as exc:
-        out["errors"].append(f"database unavailable ({type(exc).__name__})")
-    if out["plan"] and out["history"]:
-        cur = next((h for h in out["history"] if h["id"] == out["plan"]["plan_id"]), None)
-        out["plan"]["fid"] = cur["fid"] if cur else None
-        out["plan"]["overloaded"] = cur["overloaded"] if cur else None
-    return out
-
-
-def _plan_row(p: PlanRow, reg) -> dict:
-    body = p.body or {}
-    cfg = body.get("config", {}) if isinstance(body, dict) else {}
-    return {"id": p.id, "created": p.created.strftime("%Y-%m-%d %H:%M:%S") if p.created
-            else "", "planner": p.planner, "pair": f"{_name(reg, p.light)} → "
-            f"{_name(reg, p.heavy)}", "demand": p.demand, "fid": p.fid,
-            "overloaded": bool(p.overloaded), "theta": cfg.get("theta"),
-            "tau": cfg.get("tau"), "workers": body.get("workers", {})}
+    return dash.view(dash.collect(door), door.registry, load_table(door.s), _refresh_s())
 
 
 @bp.get("/dashboard")
 def dashboard():
-    return render_template("dashboard.html", d=dashboard_data())
+    door = _door()
+    v = _dashboard_view()
+    table = load_table(door.s)
+    active = tuple(v["active_pair"]) if v["active_pair"] else None
+    plots = [(t, svg_plot(t, geo)) for t, geo in zip(v["plot_titles"], v["geometry"],
+                                                       strict=True)]
+    profile = dash.profile_view(table, v["active_row"], active)
+    return render_template("dashboard.html", v=v, plots=plots, profile=profile,
+                           table=table, ylabel=dash.quality_label(table))
 
 
-def _fmt(v: object, spec: str = ".3g") -> str:
-    """Numbers for humans: None is '-', infinities are ±∞."""
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return {"inf": "∞", "-inf": "-∞"}.get(v, v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        if math.isinf(v):
-            return "∞" if v > 0 else "-∞"
-    return format(v, spec) if isinstance(v, (int, float)) else str(v)
+@bp.get("/dashboard.json")
+def dashboard_json():
+    """What the dashboard's script polls: the same strings and plot geometry as the page."""
+    resp = jsonify(dash.json_view(_dashboard_view()))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def register(app: Flask) -> None:
@@ -327,7 +266,7 @@ def register(app: Flask) -> None:
     app.secret_key = app.secret_key or os.environ.get("HADIS_SECRET_KEY") or \
         secrets.token_hex(32)
     app.jinja_env.globals["csrf_token"] = csrf_token
-    app.jinja_env.filters["fmt"] = _fmt
+    app.jinja_env.filters["fmt"] = dash.fmt
     app.register_blueprint(bp)
 
     @app.after_request

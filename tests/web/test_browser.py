@@ -1,7 +1,8 @@
 """The web pages in a real headless Chromium (Debian's ``chromium`` and ``chromedriver``,
 driven by Selenium): submit the form, wait for the image, check the details; a
-``<script>`` prompt is shown as text; the dashboard's plots render with no console errors.
-Screenshots go to ``out/test-screenshots/``."""
+``<script>`` prompt is shown as text; the dashboard's plots render with no console errors
+and its values change in place (no reload) when the plan changes. Screenshots go to
+``out/test-screenshots/<database>-<page>.png``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.web.conftest import SHOTS
+from tests.web.conftest import SHOTS, default_plan, table_plan
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -45,6 +46,10 @@ def browser() -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def _shot(drv: webdriver.Chrome, stack, name: str) -> None:
+    drv.save_screenshot(str(SHOTS / f"{stack.kind}-{name}.png"))
+
+
 def _console_errors(drv: webdriver.Chrome) -> list[str]:
     return [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -62,7 +67,7 @@ def _submit(drv, stack, prompt: str, slo: str = "") -> None:
 def test_form_submit_shows_image_and_details(browser, stack):
     drv = browser
     drv.get(stack.url + "/ui/")
-    drv.save_screenshot(str(SHOTS / "form.png"))
+    _shot(drv, stack, "form")
     _submit(drv, stack, "a red apple on a wooden table", "45")
     WebDriverWait(drv, WAIT_S).until(
         lambda d: d.execute_script("return document.body.dataset.final || ''") == "done")
@@ -79,7 +84,7 @@ def test_form_submit_shows_image_and_details(browser, stack):
     assert float(drv.find_element(By.ID, "latency").text) > 0
     assert drv.find_element(By.ID, "slo").text == "45"
     assert "deadline" in drv.find_element(By.ID, "deadline-verdict").text
-    drv.save_screenshot(str(SHOTS / "result.png"))
+    _shot(drv, stack, "result")
     assert _console_errors(drv) == []
 
 
@@ -95,7 +100,7 @@ def test_script_prompt_is_shown_as_text(browser, stack):
     texts = [e.text for e in drv.find_elements(By.CSS_SELECTOR, ".gallery .prompt")]
     assert prompt in texts
     assert drv.execute_script("return window.__pwned === undefined")
-    drv.save_screenshot(str(SHOTS / "gallery.png"))
+    _shot(drv, stack, "gallery")
 
 
 def test_empty_prompt_shows_error_on_the_form(browser, stack):
@@ -104,11 +109,13 @@ def test_empty_prompt_shows_error_on_the_form(browser, stack):
     err = drv.find_element(By.ID, "form-error")
     assert "empty" in err.text
     assert drv.find_element(By.ID, "slo_s").get_attribute("value") == "12"
-    drv.save_screenshot(str(SHOTS / "form-error.png"))
+    _shot(drv, stack, "form-error")
 
 
 def test_dashboard_plots_render_without_console_errors(browser, stack):
     drv = browser
+    resp = stack.client.post("/v1/generations", json={"prompt": "a blue kite"})
+    assert stack.wait_done(resp.get_json()["id"])["status"] == "done"  # a point to plot
     drv.get_log("browser")  # drop what earlier pages logged
     drv.get(stack.url + "/ui/dashboard?refresh=0")
     assert drv.find_element(By.ID, "plan-id").text == str(stack.plan_id)
@@ -119,5 +126,53 @@ def test_dashboard_plots_render_without_console_errors(browser, stack):
         assert box["width"] > 100 and box["height"] > 50
     assert drv.find_elements(By.CSS_SELECTOR, "svg.plot circle"), "no plotted point"
     assert len(drv.find_elements(By.CSS_SELECTOR, "#plan-history tr")) >= 2
-    drv.save_screenshot(str(SHOTS / "dashboard.png"))
+    _shot(drv, stack, "dashboard")
     assert _console_errors(drv) == []
+
+
+def test_dashboard_updates_in_place_without_a_reload(browser, stack):
+    drv = browser
+    drv.get_log("browser")
+    drv.get(stack.url + "/ui/dashboard?refresh=1")
+    old = stack.plan_id
+    assert drv.find_element(By.ID, "plan-id").text == str(old)
+    assert not drv.find_elements(By.CSS_SELECTOR, "tr.cfg-row.active")  # not a table row
+    drv.execute_script("window.__sameDocument = 'yes'")
+    try:
+        new = stack.use_plan(table_plan(stack.s))  # SDXL-Lightning → SD3.5-Large, r=0, d=0.1
+        WebDriverWait(drv, WAIT_S).until(
+            lambda d: d.find_element(By.ID, "plan-id").text == str(new))
+        assert drv.execute_script("return window.__sameDocument") == "yes", "page reloaded"
+        assert drv.find_element(By.ID, "plan-tau").text not in ("-∞", "-")
+        WebDriverWait(drv, WAIT_S).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "tr.cfg-row.active"))
+        row = drv.find_element(By.CSS_SELECTOR, "tr.cfg-row.active")
+        assert [c.text for c in row.find_elements(By.TAG_NAME, "td")][:2] == ["0", "0.1"]
+        key = row.get_attribute("data-row")
+        dot = drv.find_element(By.CSS_SELECTOR, f'svg.scatter circle[data-row="{key}"]')
+        assert "active" in dot.get_attribute("class")
+        history = drv.find_elements(By.CSS_SELECTOR, "#history-body tr td:first-child")
+        assert history[0].text == str(new)
+        assert int(drv.execute_script("return document.getElementById('dashboard')"
+                                      ".dataset.updates")) >= 1
+        drv.execute_script("arguments[0].scrollIntoView()",
+                           drv.find_element(By.ID, "profile"))
+        drv.find_element(By.ID, "profile").screenshot(str(SHOTS / f"{stack.kind}-profile.png"))
+        assert drv.execute_script("return window.__sameDocument") == "yes"
+    finally:
+        stack.use_plan(default_plan())
+    WebDriverWait(drv, WAIT_S).until(
+        lambda d: d.find_element(By.ID, "plan-id").text == str(stack.plan_id))
+    assert not drv.find_elements(By.CSS_SELECTOR, "tr.cfg-row.active")
+    assert _console_errors(drv) == []
+
+
+def test_unknown_page_is_an_html_error_page(browser, stack):
+    drv = browser
+    drv.get_log("browser")
+    drv.get(stack.url + "/ui/results/" + "0" * 32)
+    assert drv.find_element(By.ID, "error-status").text == "404 Not Found"
+    assert drv.find_element(By.LINK_TEXT, "Back to the form").get_attribute("href") \
+        .endswith("/ui/")
+    _shot(drv, stack, "not-found")
+    assert [e for e in _console_errors(drv) if "404" not in e] == []
