@@ -28,7 +28,20 @@ in ``PlusOptions``, measured in ``docs/plus.md``; ``python -m bench.plus`` print
 - ``follow_rises`` (off by default: it helps on sharp synthetic steps at a 30 s SLO and
   costs FID and violations on the Azure traces): plan for the larger of the EWMA and last
   period's measured rate.
+- ``step_z`` (on, 3): a step detector. The EWMA lags a sharp rise by about its time
+  constant (``ewma_lag_s``, half-life / ln 2) times the rise. A rise starts when last
+  period's measured rate beats the EWMA by ``step_z`` Poisson deviations and lasts while
+  the rate stays above the EWMA; its level is the mean rate measured since it started.
+  During a rise the plan made for the EWMA is kept only if its queues absorb the lag (the
+  extra queries, drained at its capacity, on top of its worst path, within the SLO);
+  otherwise the plan is made for the level. It never fires on the Azure traces (their
+  rises are gradual). On sharp synthetic steps it is what halves the violations at SLO
+  30 s; at 60 s, where the queues mostly absorb the lag, it costs some FID.
 - ``max_utilisation`` (1.0 by default, as HADIS): capacity covers ``demand / this``.
+- ``violation_budget`` (0, off): an operator's SLO-attainment target. The planner may pick
+  a configuration that is predicted to drop up to this share of the next SLO's work
+  (``predicted_shed``) when it has a better FID. It buys FID of the served images by
+  serving fewer queries; measured, not used (``docs/plus.md``).
 
 The problem is small (a Pareto table of ~200 rows, 5 batch sizes, 16 workers), so it is
 solved exactly by enumerating every (row, batch sizes, worker split) in numpy: no solver,
@@ -82,7 +95,13 @@ class PlusOptions:
     switch_cost: bool = True  # swapping workers serve nothing for swap_delay_s
     forecast: bool = False  # Holt trend forecast of next period's demand instead of the EWMA
     follow_rises: bool = False  # plan for max(EWMA, last period's measured rate)
+    step_z: float = 3.0  # step detector: a measured rate this many Poisson standard
+    #                      deviations above the EWMA starts a rise (0: off)
+    rate_window_s: float = 5.0  # the period a measured rate covers (the planning period)
+    ewma_lag_s: float = 14.4  # queries of a step the EWMA misses, in seconds of the step's
+    #                           excess rate (the EWMA's time constant: half-life / ln 2)
     max_utilisation: float = 1.0  # capacity covers demand / this (as HADIS)
+    violation_budget: float = 0.0  # may plan to shed up to this share of demand + backlog
     wait_safety: float = SAFETY  # multiplies the fluid wait (queueing noise, partial batches)
     swap_delay_s: float = 10.0  # seconds a worker is unavailable after changing model
     min_fid_gain: float = 0.2  # hysteresis, as HADIS
@@ -92,15 +111,19 @@ class PlusOptions:
     @classmethod
     def hadis(cls) -> PlusOptions:
         return cls(large_batches=False, drain=False, switch_cost=False, forecast=False,
-                   max_utilisation=1.0)
+                   step_z=0.0, max_utilisation=1.0)
 
     def __post_init__(self) -> None:
         if not 0 < self.max_utilisation <= 1:
             raise ValueError(f"max_utilisation must be in (0, 1], got {self.max_utilisation}")
-        for k in ("wait_safety", "swap_delay_s", "min_fid_gain"):
+        for k in ("wait_safety", "swap_delay_s", "min_fid_gain", "step_z", "ewma_lag_s"):
             v = getattr(self, k)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{k} must be a finite number >= 0, got {v}")
+        if not (math.isfinite(self.rate_window_s) and self.rate_window_s > 0):
+            raise ValueError(f"rate_window_s must be > 0, got {self.rate_window_s}")
+        if not 0 <= self.violation_budget < 1:
+            raise ValueError(f"violation_budget must be in [0, 1), got {self.violation_budget}")
         if not (0 < self.alpha <= 1 and 0 <= self.beta <= 1):
             raise ValueError("alpha must be in (0, 1], beta in [0, 1]")
 
@@ -121,6 +144,14 @@ def observed_rate(state: PlannerState) -> float | None:
     c = prev.config
     rerouted = 0.0 if c.light == c.heavy else (1 - c.router_ratio) * c.disc_ratio
     return total / (1.0 + rerouted)
+
+
+def is_step(rate: float, ewma: float, z: float, window_s: float) -> bool:
+    """Whether a measured ``rate`` is a real rise above ``ewma`` rather than Poisson noise:
+    the count over ``window_s`` beats the EWMA's expected count by ``z`` standard deviations
+    (at least one query per second of expected rate, so an idle system needs a real burst)."""
+    expected = max(ewma, 1.0) * window_s
+    return rate * window_s > expected + z * math.sqrt(expected)
 
 
 class HoltForecast:
@@ -318,9 +349,10 @@ class Evaluation:
     backlog: np.ndarray  # (n, 2)
 
 
-def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOptions
-             ) -> Evaluation:
-    """Capacity, waits and path latencies of every candidate under ``state``."""
+def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOptions,
+             extra: np.ndarray | float = 0.0) -> Evaluation:
+    """Capacity, waits and path latencies of every candidate under ``state``; ``extra``
+    (per candidate and slot) is queued on top of the backlog (a step's growth)."""
     used = cand.role >= 0
     mu1 = cand.workers * cand.thr
     lam = demand * cand.load
@@ -329,6 +361,7 @@ def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOpti
     bl, bh = role_backlog(state)
     backlog = np.where(cand.role == 0, bl, np.where(cand.role == 1, bh, 0)).astype(float)
     backlog[cand.single, 0] = bl + bh  # a single-model row serves both roles on one queue
+    backlog = backlog + extra
     stranded = np.where(cand.single, 0,
                         np.where(cand.has_role[:, 0], 0, bl) + np.where(cand.has_role[:, 1], 0, bh))
     prev = previous_models(state)
@@ -373,6 +406,26 @@ def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOpti
     return Evaluation(util, wait, path_lat, swaps, stranded.astype(float), backlog)
 
 
+def predicted_shed(cand: Candidates, ev: Evaluation, demand: float, slo_s: float
+                   ) -> np.ndarray:
+    """Share of the next SLO's work (arrivals plus backlog) a candidate will drop.
+
+    Fluid FIFO with deadline drops, per role: arrivals beyond capacity are dropped
+    (``(lam - mu) * T``), and so is the backlog beyond what the workers can start before its
+    deadlines (``B - mu * (T - L)``). A queue that is full but keeps up loses nothing more.
+    The larger of the two roles' shares (a query may visit both).
+    """
+    used = cand.role >= 0
+    mu = cand.workers * cand.thr
+    lam = demand * cand.load
+    lost = (np.maximum(lam - mu, 0.0) * slo_s
+            + np.maximum(ev.backlog - mu * np.maximum(slo_s - cand.lat, 0.0), 0.0))
+    work = lam * slo_s + ev.backlog
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(used & (work > 0), lost / work, 0.0)
+    return share.max(axis=1)
+
+
 def _lexmin(keys: Sequence[np.ndarray], mask: np.ndarray) -> int:
     """Index of the lexicographically smallest key tuple among ``mask`` (first key first)."""
     idx = np.flatnonzero(mask)
@@ -385,8 +438,8 @@ def _lexmin(keys: Sequence[np.ndarray], mask: np.ndarray) -> int:
 class HadisPlusPlanner:
     """HADIS's problem with large batches, backlog drain and swap cost (module doc).
 
-    Keeps one piece of state across calls: the forecaster (reset whenever the previous
-    plan is not its own, e.g. a one-shot ``hadis plan``, which then plans for
+    Keeps state across calls: the forecaster and the step detector (both reset whenever
+    the previous plan is not its own, e.g. a one-shot ``hadis plan``, which then plans for
     ``state.demand``). ``solver`` is accepted for interface parity and unused.
     """
 
@@ -399,16 +452,22 @@ class HadisPlusPlanner:
             self.name = name
         self.routing = routing
         self.forecaster = HoltForecast(self.options.alpha, self.options.beta)
+        self.rise: tuple[float, int] | None = None  # step detector: sum and count of the
+        #                                             rates measured since a rise began
+        self.step_level = 0.0  # their mean while a rise is on (0: none)
 
     # demand ------------------------------------------------------------------------------
     def demand(self, state: PlannerState) -> float:
         """The rate to plan for: the EWMA (default), the larger of it and last period's
         measured rate (``follow_rises``), or the Holt forecast (``forecast``; the EWMA when
-        there is no measurement yet)."""
+        there is no measurement yet). Also updates the step detector (``step_level``)."""
         rate = observed_rate(state)
+        self.step_level = 0.0
         if not self.options.forecast:
             if self.options.follow_rises and rate is not None:
                 return max(state.demand, rate)
+            if self.options.step_z > 0 and rate is not None:
+                self.step_level = self._detect_step(state, rate)
             return state.demand
         prev = state.previous
         if prev is None or prev.planner != self.name:
@@ -419,32 +478,98 @@ class HadisPlusPlanner:
             self.forecaster.level = state.demand  # seed with the EWMA, then follow the data
         return self.forecaster.observe(rate)
 
+    def _detect_step(self, state: PlannerState, rate: float) -> float:
+        """The level of a sharp rise in progress (0: none). A rise starts when the measured
+        rate beats the EWMA by ``step_z`` Poisson deviations and lasts until the rate falls
+        to the EWMA; its level is the mean rate measured since it started (the last
+        period alone is noisy; the EWMA lags a step by ``ewma_lag_s`` of its excess)."""
+        prev = state.previous
+        if prev is None or prev.planner != self.name:
+            self.rise = None
+        if is_step(rate, state.demand, self.options.step_z, self.options.rate_window_s):
+            total, n = self.rise or (0.0, 0)
+            self.rise = (total + rate, n + 1)
+        elif self.rise is not None and rate > state.demand:
+            self.rise = (self.rise[0] + rate, self.rise[1] + 1)
+        else:
+            self.rise = None
+        return self.rise[0] / self.rise[1] if self.rise else 0.0
+
     # the plan ----------------------------------------------------------------------------
     def plan(self, state: PlannerState) -> Plan:
         t0 = time.perf_counter()
-        opt = self.options
         lam = self.demand(state)
         cand = candidates(state.table, state.registry, state.workers, state.slo_s)
-        ev = evaluate(cand, state, lam, opt)
-        T = state.slo_s * (1 + 1e-9)
-        lat_ok = np.all(ev.path_lat <= T, axis=1)
-        cap_ok = np.all(ev.util <= opt.max_utilisation + EPS, axis=1)
-        no_strand = (ev.stranded == 0) | (not opt.drain)  # HADIS cannot see stranding
-        feasible = lat_ok & cap_ok & no_strand
-        slack = np.max(ev.util, axis=1)
-        note = ""
-        served, backlog_ignored = 1.0, False
-        if feasible.any():
-            if opt.large_batches:
-                keys = [np.round(cand.fid, 9), ev.swaps, slack, ev.path_lat.max(axis=1)]
-            else:  # HADIS: smallest batch sizes, then the least loaded split
-                keys = [np.round(cand.fid, 9), cand.batch.sum(axis=1), slack]
-            best = _lexmin(keys, feasible)
-            best = self._hysteresis(state, cand, ev, feasible, keys, best)
-        else:
-            best, served, backlog_ignored, note = self._overload(state, cand, ev, lam, lat_ok)
+        ev = evaluate(cand, state, lam, self.options)
+        best, served, backlog_ignored, note = self._choose(state, cand, ev, lam)
+        level = self.step_level
+        if level > lam and not self._absorbs(state, cand, ev, best, level - lam):
+            ewma, lam = lam, level  # the queues cannot absorb the EWMA's lag: plan for the step
+            ev = evaluate(cand, state, lam, self.options)
+            best, served, backlog_ignored, note = self._choose(state, cand, ev, lam)
+            note = "; ".join(x for x in (f"step: planned for the measured {level:.3g} q/s "
+                                         f"(EWMA {ewma:.3g})", note) if x)
         plan = self._build(state, cand, ev, best, lam, served, backlog_ignored, note)
         return replace(plan, solve_ms=(time.perf_counter() - t0) * 1e3)
+
+    def _feasible(self, cand: Candidates, ev: Evaluation, state: PlannerState) -> np.ndarray:
+        """Candidates meeting every path's SLO, capacity and (with drain) not stranding."""
+        opt = self.options
+        lat_ok = np.all(ev.path_lat <= state.slo_s * (1 + 1e-9), axis=1)
+        cap_ok = np.all(ev.util <= opt.max_utilisation + EPS, axis=1)
+        no_strand = (ev.stranded == 0) | (not opt.drain)  # HADIS cannot see stranding
+        return lat_ok & cap_ok & no_strand
+
+    def _absorbs(self, state: PlannerState, cand: Candidates, ev: Evaluation, i: int,
+                 gap: float) -> bool:
+        """Whether candidate ``i``'s queues absorb a step ``gap`` q/s above the planned
+        demand: the EWMA's lag queues ``gap * ewma_lag_s`` extra queries, drained at the
+        candidate's capacity, on top of its worst path, within the SLO."""
+        used = cand.role[i] >= 0
+        mu = (cand.workers[i] * cand.thr[i])[used]
+        load = cand.load[i][used]
+        extra = gap * self.options.ewma_lag_s * load / mu
+        wait = self.options.wait_safety * float(extra.max()) if len(extra) else 0.0
+        return float(ev.path_lat[i].max()) + wait <= state.slo_s
+
+    def _choose(self, state: PlannerState, cand: Candidates, ev: Evaluation, lam: float
+                ) -> tuple[int, float, bool, str]:
+        """The best candidate: (index, served fraction, backlog ignored, note)."""
+        opt = self.options
+        feasible = self._feasible(cand, ev, state)
+        slack = np.max(ev.util, axis=1)
+        served_all = self._cover(state, cand, ev, lam)[1]
+        shed = np.where(feasible, 0.0, predicted_shed(cand, ev, lam, state.slo_s))
+        allowed = feasible | ((shed <= opt.violation_budget + EPS) & (ev.stranded == 0)
+                              & (opt.violation_budget > 0))
+        if not allowed.any():
+            lat_ok = np.all(ev.path_lat <= state.slo_s * (1 + 1e-9), axis=1)
+            return self._overload(state, cand, ev, lam, lat_ok)
+        if opt.large_batches:
+            keys = [np.round(cand.fid, 9), np.round(shed, 4), ev.swaps, slack,
+                    ev.path_lat.max(axis=1)]
+        else:  # HADIS: smallest batch sizes, then the least loaded split
+            keys = [np.round(cand.fid, 9), np.round(shed, 4), cand.batch.sum(axis=1), slack]
+        best = _lexmin(keys, allowed)
+        best = self._hysteresis(state, cand, ev, allowed, keys, best)
+        if shed[best] <= 0:
+            return best, 1.0, False, ""
+        return (best, float(min(1.0, served_all[best])), not bool(feasible[best]),
+                f"violation budget: plans to shed {shed[best]:.1%}")
+
+    def _cover(self, state: PlannerState, cand: Candidates, ev: Evaluation, lam: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate: the share of demand plus backlog-per-SLO its capacity covers
+        (``phi`` <= 1; with the drain model, else demand alone), and the share of demand
+        alone it serves (``served_all``, may exceed 1)."""
+        used = cand.role >= 0
+        mu = cand.workers * cand.thr
+        extra = ev.backlog / state.slo_s if self.options.drain else 0.0
+        need = lam * cand.load + extra
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cover = np.where(used & (need > 0), mu * self.options.max_utilisation / need, np.inf)
+            served_all = np.where(used & (cand.load > 0), mu / (lam * cand.load), np.inf)
+        return np.minimum(cover.min(axis=1), 1.0), served_all.min(axis=1)
 
     def _overload(self, state: PlannerState, cand: Candidates, ev: Evaluation, lam: float,
                   lat_ok: np.ndarray) -> tuple[int, float, bool, str]:
@@ -454,18 +579,11 @@ class HadisPlusPlanner:
         drops), then FID. Without it (HADIS): plan without the backlog at the best FID,
         covering the most demand. The shell drops what cannot make its deadline.
         """
-        used = cand.role >= 0
-        mu = cand.workers * cand.thr
-        extra = ev.backlog / state.slo_s if self.options.drain else 0.0
-        need = lam * cand.load + extra
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cover = np.where(used & (need > 0), mu * self.options.max_utilisation / need, np.inf)
-            served_all = np.where(used & (cand.load > 0), mu / (lam * cand.load), np.inf)
-        phi = np.minimum(cover.min(axis=1), 1.0)
+        phi, served_all = self._cover(state, cand, ev, lam)
         every = np.ones(len(cand.row), dtype=bool)  # service latency: see candidates()
         best = _lexmin([-np.round(phi, 4), ev.stranded, np.round(cand.fid, 9), ev.swaps,
                         ev.util.max(axis=1)], every)
-        served = float(min(1.0, served_all[best].min())) if lam > 0 else 1.0
+        served = float(min(1.0, served_all[best])) if lam > 0 else 1.0
         backlog_ignored = not bool(lat_ok[best]) or bool(ev.stranded[best] > 0)
         note = (f"overload: serves {served:.1%} of {lam:g} q/s"
                 + ("; the backlog cannot drain within the SLO" if backlog_ignored else ""))

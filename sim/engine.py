@@ -29,6 +29,12 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
 - Every arrival ends exactly once: ``served`` (on time), ``late`` (served after its
   deadline) or ``dropped`` (predicted to miss it, or still queued when the run ends). Late
   and dropped are SLO violations.
+- Quality: ``SimResult.fid`` is the FID of the images served (late ones included); a
+  dropped query has no image and is not in it, so a policy that drops its hardest
+  periods' queries looks better there. ``SimResult.fid_all`` counts every query: each
+  dropped one as an image of the fallback model (``sim.fid.fallback_model``: the cheapest
+  model, at its single-model FID, produced at no cost), so it is the most lenient charge
+  for a drop that still counts it.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from hadis_celery import policy
 from planner.cascade import CascadeConfig
 from planner.plan import Plan, PlannerInputError, PlannerState, QueueState
 from planner.registry import Registry
-from sim.fid import FidSurface
+from sim.fid import FidSurface, fallback_model
 
 SERVED, LATE, DROPPED = 0, 1, 2
 STATUS_NAMES = ("served", "late", "dropped")
@@ -124,6 +130,8 @@ class SimResult:
     settings: SimSettings
     planner_name: str = ""
     solve_ms: list[float] = field(default_factory=list)
+    fallback_model: int = -1  # stand-in model of a dropped query in ``fid_all`` (-1: none)
+    fallback_fid: float = float("nan")  # its single-model FID
 
     @property
     def n(self) -> int:
@@ -143,6 +151,25 @@ class SimResult:
         if not ws:
             return float("nan")
         return float(sum(w["fid"] * w["images"] for w in ws) / sum(w["images"] for w in ws))
+
+    @property
+    def served_fraction(self) -> float:
+        """Share of the queries that got an image (on time or late)."""
+        return float(np.mean(self.status != DROPPED)) if self.n else 1.0
+
+    @property
+    def fid_all(self) -> float:
+        """FID over every query: the served images as in ``fid``, plus one image of the
+        fallback model (``fallback_fid``) per dropped query; NaN without a fallback."""
+        dropped = int(np.sum(self.status == DROPPED))
+        ws = [w for w in self.fid_windows if w["images"] > 0 and math.isfinite(w["fid"])]
+        images = sum(w["images"] for w in ws)
+        if dropped == 0:
+            return self.fid
+        if not math.isfinite(self.fallback_fid):
+            return float("nan")
+        acc = sum(w["fid"] * w["images"] for w in ws) + self.fallback_fid * dropped
+        return float(acc / (images + dropped))
 
     def summary(self) -> dict:
         done = self.status != DROPPED
@@ -164,6 +191,9 @@ class SimResult:
             "executions": {str(k): v for k, v in sorted(self.executions.items())},
             "plan_changes": changes,
             "solve_ms_p50": round(float(np.median(self.solve_ms)), 3) if self.solve_ms else None,
+            "fid_all": round(self.fid_all, 4),
+            "served_fraction": round(self.served_fraction, 5),
+            "fallback_model": self.fallback_model,
         }
 
 
@@ -251,12 +281,17 @@ class Simulation:
                 self._end(dq.popleft(), DROPPED, reason=f"still queued on {q} at the end")
         if progress:
             progress(n - self._reported)
+        try:
+            fb_model, fb_fid = fallback_model(self.registry, self.surface)
+        except KeyError:
+            fb_model, fb_fid = -1, float("nan")
         return SimResult(
             arrival_s=self.w.arrival_s.copy(), finish_s=self.finish, status=self.status,
             path=self.path, served_model=self.model, served_quality=self.quality,
             drop_reason=self.reason, timeline=self.timeline,
             fid_windows=self._fid_windows(), executions=self.executions, settings=s,
             planner_name=self.name, solve_ms=self.solve_ms,
+            fallback_model=fb_model, fallback_fid=fb_fid,
         )
 
     def _push(self, t: float, kind: int, a: int, b: object) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from planner.cascade import CascadeConfig
+from planner.registry import Registry
 
 
 class FidSurface:
@@ -84,3 +85,26 @@ class FidSurface:
             acc += n * self.fid(light, heavy, r, d)
             total += n
         return acc / total if total else float("nan")
+
+
+def fallback_model(registry: Registry, surface: FidSurface) -> tuple[int, float]:
+    """``(model id, FID)`` of the cheapest model with a profiled single-model FID.
+
+    The stand-in image of a dropped query for ``SimResult.fid_all``: the most images per
+    second per worker at its best batch size (ties: the better FID). A dropped query gets no
+    image at all, so this is the most lenient charge that still counts it: the cheapest
+    model's image, produced at no cost.
+    """
+    best: tuple[float, float, int] | None = None
+    for spec in registry:
+        try:
+            f = surface.single(spec.id)
+        except KeyError:
+            continue
+        thr = max(spec.throughput(b) for b in spec.batch_sizes)
+        key = (-thr, f, spec.id)
+        if best is None or key < best:
+            best = key
+    if best is None:
+        raise KeyError("no model of the registry has a profiled single-model FID")
+    return best[2], best[1]

@@ -22,6 +22,7 @@ from planner.plus import (
     HoltForecast,
     PlusOptions,
     drain_wait,
+    is_step,
     observed_rate,
     plus_problems,
 )
@@ -182,6 +183,59 @@ def test_observed_rate_undoes_reroutes(data):
     assert planner.demand(replace(st, previous=replace(prev, planner="hadis-plus"))) > 3.0
 
 
+def test_step_detector_ignores_poisson_noise_and_catches_steps():
+    rng = np.random.default_rng(0)
+    window = 5.0
+    for lam in (0.5, 2.0, 8.0, 20.0, 32.0):
+        rates = rng.poisson(lam * window, size=4000) / window
+        fired = np.mean([is_step(r, lam, 3.0, window) for r in rates])
+        assert fired < 0.01, (lam, fired)  # about 0.1-0.5%: a 3-sigma Poisson tail
+    assert is_step(22.0, 9.0, 3.0, window)  # the first period after a 3 -> 22 q/s step
+    assert is_step(8.0, 1.0, 3.0, window)
+    assert not is_step(9.0, 8.0, 3.0, window)  # the Azure traces' rises: about 1 q/s a period
+
+
+@pytest.mark.parametrize("slo, absorbs", [(60.0, True), (30.0, False)])
+def test_a_step_is_planned_for_only_when_the_queue_cannot_absorb_it(data, slo, absorbs):
+    """Last period measured 22 q/s, the EWMA says 9. With a 60 s SLO the EWMA's plan absorbs
+    the lag (about (22 - 9) * 14.4 queries) in its queues; with 30 s it cannot, and the plan
+    is made for the step's level."""
+    table = data[0]
+    planner = HadisPlusPlanner()
+    prev = planner.plan(state(table, 3.0, slo=slo))
+    c = prev.config
+    queues = {REG.get(c.light).light_queue: QueueState(40, 22.0 * c.frac_light),
+              REG.get(c.heavy).heavy_queue: QueueState(10, 22.0 * c.frac_heavy)}
+    st = state(table, 9.0, queues, prev, slo=slo)
+    assert observed_rate(st) == pytest.approx(22.0)
+    p = planner.plan(st)
+    blind = HadisPlusPlanner(options=PlusOptions(step_z=0.0)).plan(st)
+    assert blind.demand == 9.0
+    if absorbs:
+        assert p.demand == 9.0 and p.config == blind.config
+    else:
+        assert p.demand == pytest.approx(22.0)
+        assert p.fid > blind.fid  # more capacity, lighter models
+        assert p.note.startswith("step: planned for the measured 22")
+    assert plus_problems(p, replace(st, demand=p.demand)) == []
+
+
+def test_violation_budget_trades_served_share_for_quality(data):
+    """Off by default. With a budget the planner may choose a configuration that cannot
+    serve everything, for a better FID of what it serves; the plan says so."""
+    table = data[0]
+    st = state(table, 30.0)
+    full = HadisPlusPlanner().plan(st)
+    shed = HadisPlusPlanner(options=PlusOptions(violation_budget=0.2)).plan(st)
+    assert not full.overloaded and full.served_fraction == 1.0
+    assert shed.fid < full.fid
+    assert shed.overloaded and 0.8 - 1e-9 <= shed.served_fraction < 1.0
+    assert "violation budget" in shed.note
+    assert verify_plan(shed, replace(st, queues={})) == []
+    with pytest.raises(ValueError):
+        PlusOptions(violation_budget=1.0)
+
+
 def test_registered_for_the_simulator_and_the_cli():
     assert "hadis-plus" in PLANNERS
     assert isinstance(make_planner("hadis-plus", solver="highs"), HadisPlusPlanner)
@@ -189,26 +243,37 @@ def test_registered_for_the_simulator_and_the_cli():
 
 # -- one simulator run ---------------------------------------------------------------------
 
-def test_beats_hadis_on_a_bursty_trace(data):
-    """Sharp steps (3 to 22 to 4 to 26 to 2 q/s), SLO 60 s. (At SLO 30 s the EWMA's lag on
-    such a step still costs hadis-plus 17% violations against HADIS's 29%: docs/plus.md.)"""
+@pytest.mark.parametrize("slo", [60.0, 30.0])
+def test_beats_hadis_on_a_bursty_trace(data, slo):
+    """Sharp steps (3 to 22 to 4 to 26 to 2 q/s). hadis-plus has at most half HADIS's
+    violations and a better FID over all queries (``fid_all``: a drop counts as an image of
+    the cheapest model). HADIS misses 15% (60 s) and 37% (30 s) of the queries, mostly
+    dropped, so its FID over served images is lower; hadis-plus's step detector costs
+    about 0.5 of that FID at 60 s (measured 25.24 vs 24.74; without it 24.74), and at 30 s
+    it is what halves the violations (measured 0.020 vs 0.368; without it 0.168)."""
     table, scores, rs = data
     trace = poisson_trace([(40, 3), (30, 22), (40, 4), (30, 26), (40, 2)], n_prompts=len(rs),
                           seed=3, name="bursty")
     idx = trace.prompt_index
     wl = Workload(trace.arrival_s, rs[idx], {m: s[idx] for m, s in scores.items()})
-    settings = SimSettings(workers=16, slo_s=60.0, period_s=5.0, swap_delay_s=10.0)
+    settings = SimSettings(workers=16, slo_s=slo, period_s=5.0, swap_delay_s=10.0)
     surface = FidSurface(table)
 
     def theta_for(r: float) -> float:
         return float(np.quantile(rs, 1 - r)) if r > 0 else math.inf
 
     out = {}
-    for name in ("hadis", "hadis-plus"):
-        planner = make_planner(name, solver="highs")
+    for name, planner in (("hadis", make_planner("hadis", solver="highs")),
+                          ("hadis-plus", HadisPlusPlanner()),
+                          ("no step detector", HadisPlusPlanner(step_z=0.0))):
         out[name] = Simulation(wl, REG, table, planner, EwmaDemand(10.0), surface, settings,
                                theta_for=theta_for, name=name).run()
-    h, p = out["hadis"], out["hadis-plus"]
-    assert h.slo_violation_ratio > 0.02  # the trace does stress HADIS
+    h, p, blind = out["hadis"], out["hadis-plus"], out["no step detector"]
+    assert h.slo_violation_ratio > 0.1  # the trace does stress HADIS
     assert p.slo_violation_ratio <= 0.5 * h.slo_violation_ratio
-    assert p.fid <= h.fid + 0.1  # about equal quality (measured: +0.03)
+    assert p.fid_all < h.fid_all
+    assert p.served_fraction > h.served_fraction
+    if slo == 60.0:
+        assert p.fid <= h.fid + 0.6  # the detector's cost on served images (measured +0.50)
+    else:
+        assert p.slo_violation_ratio <= 0.25 * blind.slo_violation_ratio
