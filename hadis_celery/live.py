@@ -2,7 +2,8 @@
 lengths, worker heartbeats, rate-limit windows, and raw access to Celery's queue lists.
 
 Redis is the transport, SQL the record: everything here can be lost and rebuilt (the plan
-is re-published every beat period, counters restart at zero, heartbeats expire). Every
+is re-published every beat period and at once after Redis lost it, queued messages are
+re-sent from SQL, counters restart at zero, heartbeats expire). Every
 call is one round trip (pipelined), with short socket timeouts so that a Redis outage
 surfaces as ``redis.exceptions.ConnectionError`` / ``TimeoutError`` within about a second.
 
@@ -27,6 +28,10 @@ PREFIX = "hadis:"
 PLAN_KEY = PREFIX + "plan"
 ARRIVALS_KEY = PREFIX + "arrivals"
 BEAT_KEY = PREFIX + "beat"
+# Written by the beat's recovery (``planner.beat.PlanLoop.recover``) after it re-sent every
+# waiting query from SQL: a Redis that lost its data (restart without persistence, flush)
+# lost this key with the queues, and the next tick or sweep notices and re-sends.
+EPOCH_KEY = PREFIX + "epoch"
 GENERATE_TASK = "hadis.generate"
 
 
@@ -129,6 +134,15 @@ class LiveState:
 
     def set_json(self, key: str, value: dict, ttl_s: float | None = None) -> None:
         self.r.set(key, json.dumps(value), ex=None if ttl_s is None else max(1, int(ttl_s)))
+
+    # -- recovery -------------------------------------------------------------------------
+    def epoch(self) -> dict | None:
+        """The recovery marker (None: this Redis has not been recovered into since it
+        started empty, so every queued message it held may be gone)."""
+        return self.get_json(EPOCH_KEY)
+
+    def set_epoch(self, value: dict) -> None:
+        self.set_json(EPOCH_KEY, value)
 
     # -- workers ----------------------------------------------------------------------
     def heartbeat(self, worker: str, info: dict, ttl_s: float) -> None:

@@ -66,6 +66,26 @@ class Settings:
         default_factory=lambda: int(_float("HADIS_MAX_REQUEST_BYTES", 16384)))
     sweep_after_s: float = field(default_factory=lambda: _float("HADIS_SWEEP_AFTER_S", 300.0))
     heartbeat_s: float = field(default_factory=lambda: _float("HADIS_HEARTBEAT_S", 5.0))
+    # -- failures and recovery (issue 9) ----------------------------------------------------
+    # A batch's rows carry a lease in SQL (their updated_at), renewed every lease_s / 3 while
+    # the batch runs; running rows whose lease lapsed are re-sent at the next sweep.
+    lease_s: float = field(default_factory=lambda: _float("HADIS_LEASE_S", 30.0))
+    # Seconds between sweeps; 0: max(plan period, 5 s).
+    sweep_period_s: float = field(default_factory=lambda: _float("HADIS_SWEEP_PERIOD_S", 0.0))
+    # Messages a query may be given (front door, reroute, re-sends) before it is failed.
+    max_attempts: int = field(default_factory=lambda: int(_float("HADIS_MAX_ATTEMPTS", 5)))
+    # Per-batch time limit: max(min, factor x the predicted batch seconds); the batch's
+    # queries fail with the reason and the worker takes the next message.
+    task_timeout_min_s: float = field(
+        default_factory=lambda: _float("HADIS_TASK_TIMEOUT_MIN_S", 60.0))
+    task_timeout_factor: float = field(
+        default_factory=lambda: _float("HADIS_TASK_TIMEOUT_FACTOR", 3.0))
+    # Celery's hard limit per message (the pool child is killed); 0: derived from the
+    # slowest profiled batch (see hadis_celery.celery.hard_time_limit_s).
+    task_hard_timeout_s: float = field(
+        default_factory=lambda: _float("HADIS_TASK_HARD_TIMEOUT_S", 0.0))
+    # How long a worker retries writing a batch's results while SQL is unavailable.
+    sql_retry_s: float = field(default_factory=lambda: _float("HADIS_SQL_RETRY_S", 30.0))
     disc_head: Path | None = field(default_factory=lambda: (
         Path(_env("HADIS_DISC_HEAD", "")) if _env("HADIS_DISC_HEAD", "") else None))
 

@@ -1,8 +1,20 @@
 """SQL operations of the serving stack on the tables of ``hadis_celery.models``.
 
 Every state change of a query is one short transaction, and each is conditional on the
-state it expects (``claim`` only takes rows still queued on that queue), so a duplicate
-message (the sweeper re-sent one, or Celery redelivered after a worker died) is a no-op.
+state it expects, so a duplicate message (the sweeper re-sent one, Celery redelivered after
+a worker died, Redis was refilled from SQL) is a no-op and no result is written twice:
+
+- ``claim`` only takes rows still waiting on that queue, and stamps them with the batch's
+  token (``worker``);
+- a worker's writes (``finish(..., token=)``, ``release``, ``renew``) apply only to rows that
+  still carry its token, so a worker that lost its rows to the sweeper cannot overwrite the
+  result of the worker that took them over;
+- the sweeper's writes (``sweep_update``) apply only if the row is still in the state and
+  as old as when it was read.
+
+The lease: while a batch runs, its worker renews ``updated_at`` of the rows it holds every
+``HADIS_LEASE_S / 3``; a ``running`` row older than the lease belongs to a worker that died
+(or lost SQL) and is re-sent by the sweeper.
 """
 
 from __future__ import annotations
@@ -11,7 +23,7 @@ import math
 import uuid
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Engine, delete, event, select, update
+from sqlalchemy import Engine, and_, delete, event, exc, or_, select, update
 
 from hadis_celery.db import make_engine, transaction
 from hadis_celery.models import PlanRow, QueryRow, WorkerHeartbeat
@@ -19,6 +31,15 @@ from hadis_celery.models import PlanRow, QueryRow, WorkerHeartbeat
 WAITING = ("queued", "rerouted")  # a message for the row is (or should be) on a queue
 OPEN = WAITING + ("running",)
 FINAL = ("done", "dropped", "failed")
+UNSENT_AT = 0.0  # updated_at of a waiting row whose message could not be sent
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` means the database cannot be reached now (retry later), as opposed
+    to a bug or bad data."""
+    if isinstance(error, (exc.OperationalError, exc.InterfaceError, exc.TimeoutError)):
+        return True
+    return isinstance(error, exc.DBAPIError) and bool(error.connection_invalidated)
 
 
 def serving_engine(url: str) -> Engine:
@@ -81,36 +102,96 @@ def claim(engine: Engine, ids: Sequence[str], queue: str, token: str, now: float
     return [rows[i] for i in ids if i in rows]
 
 
-def release(engine: Engine, ids: Iterable[str], now: float) -> None:
-    """Put claimed rows back to waiting (their messages were given back)."""
+def release(engine: Engine, ids: Iterable[str], now: float, token: str | None = None) -> None:
+    """Put claimed rows back to waiting (their messages were given back); with ``token``,
+    only rows that batch still holds."""
+    ids = list(ids)
+    if ids:
+        q = update(QueryRow).where(QueryRow.id.in_(ids), QueryRow.status == "running")
+        if token is not None:
+            q = q.where(QueryRow.worker == token)
+        with transaction(engine) as s:
+            s.execute(q.values(status="queued", updated_at=now)
+                      .execution_options(synchronize_session=False))
+
+
+def finish(engine: Engine, updates: Sequence[dict], now: float,
+           token: str | None = None) -> list[str]:
+    """Apply per-row updates (each a dict with ``id`` and column values) in one transaction;
+    return the ids updated. With ``token`` (a worker's batch), only rows still open and
+    still carrying that token are updated: a row the sweeper re-sent and another worker
+    claimed keeps that worker's result."""
+    applied: list[str] = []
+    if not updates:
+        return applied
+    with transaction(engine) as s:
+        for u in updates:
+            values = {k: v for k, v in u.items() if k != "id"}
+            values["updated_at"] = now
+            q = update(QueryRow).where(QueryRow.id == u["id"])
+            if token is not None:
+                q = q.where(QueryRow.worker == token, QueryRow.status.in_(OPEN))
+            result = s.execute(q.values(**values).execution_options(synchronize_session=False))
+            if result.rowcount:
+                applied.append(u["id"])
+    return applied
+
+
+def renew(engine: Engine, token: str, now: float) -> int:
+    """Renew the lease of the rows the batch ``token`` holds (returns how many)."""
+    with transaction(engine) as s:
+        return int(s.execute(update(QueryRow)
+                             .where(QueryRow.status == "running", QueryRow.worker == token)
+                             .values(updated_at=now)
+                             .execution_options(synchronize_session=False)).rowcount or 0)
+
+
+def mark_unsent(engine: Engine, ids: Iterable[str]) -> None:
+    """Waiting rows whose message could not be sent (Redis down): back-dated, so that the
+    next sweep re-sends them instead of waiting ``HADIS_SWEEP_AFTER_S``."""
     ids = list(ids)
     if ids:
         with transaction(engine) as s:
-            s.execute(update(QueryRow).where(QueryRow.id.in_(ids), QueryRow.status == "running")
-                      .values(status="queued", updated_at=now))
+            s.execute(update(QueryRow).where(QueryRow.id.in_(ids),
+                                             QueryRow.status.in_(WAITING))
+                      .values(updated_at=UNSENT_AT)
+                      .execution_options(synchronize_session=False))
 
 
-def finish(engine: Engine, updates: Sequence[dict], now: float) -> None:
-    """Apply per-row updates (each a dict with ``id`` and column values) in one transaction."""
-    if not updates:
-        return
+def stale(engine: Engine, before: float, limit: int = 500,
+          lease_before: float | None = None) -> list[QueryRow]:
+    """Open rows the sweeper must look at, oldest first: waiting rows untouched since
+    ``before`` (their message may be lost) and running rows untouched since ``lease_before``
+    (their worker stopped renewing the lease: it died or lost SQL). Without
+    ``lease_before``, running rows are held to ``before`` too."""
+    lease_before = before if lease_before is None else lease_before
+    cond = or_(and_(QueryRow.status.in_(WAITING), QueryRow.updated_at < before),
+               and_(QueryRow.status == "running", QueryRow.updated_at < lease_before))
     with transaction(engine) as s:
-        for u in updates:
-            row = s.get(QueryRow, u["id"])
-            if row is None:
-                continue
-            for k, v in u.items():
-                if k != "id":
-                    setattr(row, k, v)
-            row.updated_at = now
-
-
-def stale(engine: Engine, before: float, limit: int = 500) -> list[QueryRow]:
-    """Open rows untouched since ``before`` (their message may be lost)."""
-    with transaction(engine) as s:
-        return list(s.scalars(select(QueryRow).where(QueryRow.status.in_(OPEN),
-                                                     QueryRow.updated_at < before)
+        return list(s.scalars(select(QueryRow).where(cond)
                               .order_by(QueryRow.updated_at).limit(limit)))
+
+
+def sweep_update(engine: Engine, row_id: str, status: str, before: float, values: dict,
+                 now: float) -> bool:
+    """The sweeper's write: apply ``values`` only if the row is still ``status`` and older
+    than ``before`` (it was not claimed, renewed or finished since it was read)."""
+    with transaction(engine) as s:
+        result = s.execute(update(QueryRow)
+                           .where(QueryRow.id == row_id, QueryRow.status == status,
+                                  QueryRow.updated_at < before)
+                           .values(**values, updated_at=now)
+                           .execution_options(synchronize_session=False))
+        return bool(result.rowcount)
+
+
+def waiting(engine: Engine, after_id: str = "", limit: int = 1000) -> list[QueryRow]:
+    """Waiting rows in id order from ``after_id`` (the recovery after Redis lost its queues
+    pages through them)."""
+    with transaction(engine) as s:
+        return list(s.scalars(select(QueryRow).where(QueryRow.status.in_(WAITING),
+                                                     QueryRow.id > after_id)
+                              .order_by(QueryRow.id).limit(limit)))
 
 
 def heartbeat(engine: Engine, worker: str, now: float, **values: object) -> None:
@@ -121,6 +202,8 @@ def heartbeat(engine: Engine, worker: str, now: float, **values: object) -> None
             row = WorkerHeartbeat(worker=worker, seen_at=now)
             s.add(row)
         for k, v in values.items():
+            if k == "backend" and isinstance(v, str):  # ``module:Class``: the class name
+                v = v.rpartition(":")[2][:32]
             setattr(row, k, v)
         row.seen_at = now
 

@@ -14,9 +14,25 @@ Every ``HADIS_PLAN_PERIOD_S`` Celery beat sends ``hadis.plan``; ``PlanLoop.tick`
    waiting its timeout), and moves queued messages off queues no worker serves any more.
 
 When the beat is down nothing expires: workers and the front door keep the last plan.
-``sweep`` re-sends the message of every accepted query left open longer than
-``HADIS_SWEEP_AFTER_S`` (a duplicate is harmless: workers claim rows conditionally), and
-drops those whose deadline has passed.
+
+Recovery (``sweep`` every ``HADIS_SWEEP_PERIOD_S``; ``recover`` at every tick and sweep):
+
+- Redis lost its data (a restart without persistence, a flush): the marker ``hadis:epoch``
+  is gone with the queues, so ``recover`` re-publishes the latest plan from SQL, re-sends the
+  message of every waiting (``queued``/``rerouted``) row at once, drops those whose deadline
+  passed, and sets the marker again;
+- a worker died mid-batch (or lost SQL): its ``running`` rows stop being renewed, and once
+  older than ``HADIS_LEASE_S`` the sweep puts them back to ``queued`` and re-sends them;
+- a message was lost (or could not be sent, see ``store.mark_unsent``): waiting rows older
+  than ``HADIS_SWEEP_AFTER_S`` (or twice the longest batch) are re-sent;
+- a query re-sent ``HADIS_MAX_ATTEMPTS`` times already is failed with the reason instead
+  (a backend that kills its worker every time must not circle forever), one whose deadline
+  passed is dropped.
+
+Every write of the sweep is conditional on the row being unchanged since it was read, and
+duplicates are harmless (workers claim rows conditionally and write results only for rows
+their batch still holds), so a re-sent query is recorded once, even when a worker that was
+only slow ran it too.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from hadis_celery import policy, store
 from hadis_celery.db import transaction
 from hadis_celery.deployment import load_table, model_queues
 from hadis_celery.live import BEAT_KEY, LiveState
+from hadis_celery.logs import event
 from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.settings import Settings
 from planner.demand import EwmaDemand
@@ -41,6 +58,19 @@ from planner.table import ProfileTable
 
 log = logging.getLogger(__name__)
 CONTROL_TIMEOUT_S = 2.0
+DROP, FAIL, RESEND = "drop", "fail", "resend"
+NEVER = 1e300  # "older than" bound that every row meets
+
+
+def sweep_action(now: float, deadline: float, attempts: int, max_attempts: int) -> str:
+    """What the sweeper does with an open row whose message or worker was lost: drop it
+    when its deadline passed, fail it when it was already given ``max_attempts`` messages,
+    else re-send it."""
+    if now > deadline:
+        return DROP
+    if max_attempts > 0 and attempts >= max_attempts:
+        return FAIL
+    return RESEND
 
 
 def worker_queues(app: Celery, workers: list[str]) -> dict[str, list[str]]:
@@ -93,10 +123,16 @@ def move_orphans(app: Celery, live: LiveState, engine: Engine, plan: policy.Acti
                 waiting = set(s.scalars(select(QueryRow.id).where(
                     QueryRow.id.in_(ids), QueryRow.queue == dest,
                     QueryRow.status.in_(store.WAITING))))
-            for m in msgs:
+            for i, m in enumerate(msgs):
                 if m.query_id in waiting:
-                    send_generate(app, m.query_id, dest, m.attempt + 1, m.sent_at)
+                    try:
+                        send_generate(app, m.query_id, dest, m.attempt + 1, m.sent_at)
+                    except Exception:  # the rest have no message: the next sweep sends them
+                        store.mark_unsent(engine, [x.query_id for x in msgs[i:]])
+                        raise
                     moved[dest] = moved.get(dest, 0) + 1
+                    event(log, "query.moved", query_id=m.query_id, from_queue=q, queue=dest,
+                          reason="no worker serves its queue under the new plan")
     return moved
 
 
@@ -154,6 +190,7 @@ class PlanLoop:
     def tick(self, now: float | None = None) -> dict:
         """One planning period (see the module doc); returns what it did."""
         now = time.time() if now is None else now
+        self.recover(now)
         st, info = self.state(now)
         plan = self.planner.plan(st)
         self.previous = plan
@@ -185,26 +222,105 @@ class PlanLoop:
                 "pair": [c.light, c.heavy], "batch": {str(k): v for k, v in plan.batch.items()},
                 "theta": active.theta if math.isfinite(active.theta) else str(active.theta)}
 
+    def recover(self, now: float | None = None) -> tuple[list[str], list[str]] | None:
+        """If Redis lost its data since the last recovery (no ``hadis:epoch``): re-publish
+        the latest plan from SQL, re-send every waiting row's message (the same attempt: a
+        replacement, not a retry), drop those whose deadline passed, then set the marker.
+        Returns (re-sent ids, dropped ids), or None when nothing was lost."""
+        from workers.serving import send_generate
+
+        now = time.time() if now is None else now
+        if self.live.epoch() is not None:
+            return None
+        republished = None
+        if self.live.get_plan() is None:
+            for row in store.latest_plans(self.engine, 1):
+                if row.live:
+                    self.live.publish_plan(policy.ActivePlan.from_dict(row.live))
+                    republished = row.id
+        resent, dropped = [], []
+        after = ""
+        while rows := store.waiting(self.engine, after):
+            for r in rows:
+                after = r.id
+                if now > r.deadline:
+                    reason = (f"deadline passed while its message was lost with Redis' data "
+                              f"(open as {r.status})")
+                    if store.sweep_update(self.engine, r.id, r.status, NEVER,
+                                          {"status": "dropped", "finished_at": now,
+                                           "reason": reason}, now):
+                        dropped.append(r.id)
+                        event(log, "query.dropped", query_id=r.id, queue=r.queue,
+                              reason=reason, status="dropped")
+                    continue
+                send_generate(self.app, r.id, r.queue, r.attempts or 1)
+                resent.append(r.id)
+                event(log, "query.resent", query_id=r.id, queue=r.queue, attempt=r.attempts,
+                      reason="redis_lost", status=r.status)
+        self.live.set_epoch({"t": now, "resent": len(resent), "dropped": len(dropped),
+                             "plan_id": republished})
+        event(log, "redis.recovered", logging.WARNING if resent or dropped else logging.INFO,
+              resent=len(resent), dropped=len(dropped), republished_plan=republished)
+        return resent, dropped
+
     def sweep(self, now: float | None = None) -> dict:
-        """Re-send lost messages from SQL; drop open queries whose deadline passed."""
+        """Recover from a Redis that lost its data, re-send the messages of rows whose
+        worker or message was lost, drop or fail those that cannot go on (module doc).
+        Returns the ids re-sent and dropped (and failed, when any)."""
         from hadis_celery.celery import longest_batch_s
         from workers.serving import send_generate
 
         now = time.time() if now is None else now
+        recovered = self.recover(now)
+        resent, dropped = recovered if recovered else ([], [])
+        handled = set(resent) | set(dropped)
+        failed: list[str] = []
         after = max(self.s.sweep_after_s,
                     2.0 * longest_batch_s(self.table.registry, self.s.time_factor))
-        resent, dropped = [], []
-        for r in store.stale(self.engine, now - after):
-            if now > r.deadline:
-                store.finish(self.engine, [{"id": r.id, "status": "dropped", "finished_at": now,
-                                            "reason": "deadline passed before it could run "
-                                                      f"(open as {r.status} for {after:.0f} s)"}],
-                             now)
-                dropped.append(r.id)
+        lease = max(0.1, self.s.lease_s)
+        for r in store.stale(self.engine, now - after, lease_before=now - lease):
+            if r.id in handled:
                 continue
-            status = "queued" if r.status == "running" else r.status
-            store.finish(self.engine, [{"id": r.id, "status": status,
-                                        "attempts": (r.attempts or 0) + 1}], now)
-            send_generate(self.app, r.id, r.queue, (r.attempts or 0) + 1)
+            running = r.status == "running"
+            before = now - (lease if running else after)
+            attempts = r.attempts or 0
+            action = sweep_action(now, r.deadline, attempts, self.s.max_attempts)
+            lost = (f"its worker {r.worker} stopped renewing its lease "
+                    f"{now - r.updated_at:.1f} s ago (it died, was killed or lost SQL)"
+                    if running else f"its message was lost (open as {r.status} for "
+                                    f"{now - r.updated_at:.0f} s)")
+            if action == DROP:
+                values = {"status": "dropped", "finished_at": now,
+                          "reason": f"deadline passed before it could run: {lost}"}
+            elif action == FAIL:
+                values = {"status": "failed", "finished_at": now,
+                          "reason": f"gave up after {attempts} attempts "
+                                    f"(HADIS_MAX_ATTEMPTS={self.s.max_attempts}): {lost}"}
+            else:
+                values = {"status": "queued" if running else r.status,
+                          "attempts": attempts + 1}
+            if not store.sweep_update(self.engine, r.id, r.status, before, values, now):
+                continue  # claimed, renewed or finished since it was read
+            if action == DROP:
+                dropped.append(r.id)
+                event(log, "query.dropped", query_id=r.id, queue=r.queue,
+                      reason=values["reason"], status="dropped")
+                continue
+            if action == FAIL:
+                failed.append(r.id)
+                event(log, "query.failed", logging.WARNING, query_id=r.id, queue=r.queue,
+                      reason=values["reason"], status="failed")
+                continue
+            try:
+                send_generate(self.app, r.id, r.queue, attempts + 1)
+            except Exception:
+                store.mark_unsent(self.engine, [r.id])
+                raise
             resent.append(r.id)
-        return {"resent": resent, "dropped": dropped}
+            event(log, "query.resent", query_id=r.id, queue=r.queue, attempt=attempts + 1,
+                  reason="worker_lost" if running else "message_lost", detail=lost,
+                  status=values["status"])
+        out = {"resent": resent, "dropped": dropped}
+        if failed:
+            out["failed"] = failed
+        return out

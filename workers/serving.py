@@ -6,14 +6,28 @@
 2. batching: the Celery message is the first query; up to ``B - 1`` more ``hadis.generate``
    messages are drained raw from the same Redis list (``LiveState.drain``). Only the first
    message is acked by Celery; the drained ones are covered by SQL: their rows are claimed
-   (``running``) before the batch runs, and the sweeper re-sends rows left open too long;
-3. ``policy.take_batch`` drops queries that cannot meet their deadline (status ``dropped``
-   with the reason) and gives back what does not fit (drained messages to the head of the
-   list, the Celery message re-sent);
-4. the backend for the queue's model generates (a worker switches models when the beat moves
-   it to another model's queue); light outputs are judged by ``policy.verdict``: accepted, or
-   rerouted to the plan's heavy queue with the original deadline (row first, then message);
-5. images go to ``image_dir/<id>.png``, the rows are updated, the heartbeat row too.
+   (``running``, stamped with the batch's token ``host/pid/nonce``) before anything else
+   happens, and from then on a daemon thread renews their lease (``updated_at``) every
+   ``HADIS_LEASE_S / 3``. If the worker dies, the lease lapses and the next sweep re-sends
+   them (``planner.beat``). If SQL cannot be reached to claim, the drained messages go back
+   to the head of the list and the task requeues its own message (``SqlUnavailable``);
+3. the backend for the queue's model is loaded (a worker switches models when the beat moves
+   it to another model's queue); ``policy.take_batch`` drops queries that cannot meet their
+   deadline (status ``dropped`` with the reason) and gives back what does not fit (rows
+   first, then the drained messages to the head of the list, the Celery message re-sent);
+4. the backend generates under a per-batch time limit (``batch_time_limit_s``: a hung
+   backend is interrupted, the batch's queries fail with the reason, the worker is free);
+   light outputs are judged by ``policy.verdict``: accepted, or rerouted to the plan's heavy
+   queue with the original deadline (row first, then message);
+5. images go to ``image_dir/<id>.png``, the rows are updated (only those still carrying the
+   batch's token: a row the sweeper took away keeps its new owner's result), with retries
+   for ``HADIS_SQL_RETRY_S`` while SQL is unavailable; the heartbeat row is updated too.
+
+A message that cannot be sent (Redis down) leaves its row back-dated (``store.mark_unsent``)
+so the next sweep sends it. Every state change is one structured log event with the
+``query_id`` (``query.claimed``, ``query.done``, ``query.rerouted``, ``query.dropped``,
+``query.failed``, ``query.given_back``, and ``query.unrecorded`` / ``query.superseded`` when
+a result could not be written or was no longer ours to write).
 """
 
 from __future__ import annotations
@@ -21,21 +35,93 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from celery import Celery
+from sqlalchemy import Engine
 
 from hadis_celery import policy, store
 from hadis_celery.deployment import load_table
 from hadis_celery.live import GENERATE_TASK, LiveState, QueuedMessage
+from hadis_celery.logs import event
 from hadis_celery.settings import Settings
 from planner.registry import ModelSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class SqlUnavailable(Exception):
+    """SQL could not be reached to claim a message's queries; the drained messages are back
+    on their list and the task requeues its own message."""
+
+
+class BatchTimeout(Exception):
+    """A batch ran past its time limit (raised inside the batch by ``time_limit``)."""
+
+
+@contextmanager
+def time_limit(seconds: float, message: str) -> Iterator[None]:
+    """Raise ``BatchTimeout(message)`` in the block after ``seconds`` (SIGALRM, so only in
+    the main thread, where a prefork or solo pool runs tasks; elsewhere Celery's hard
+    limit is the only bound)."""
+    if (seconds <= 0 or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def _expire(_signum, _frame) -> None:
+        raise BatchTimeout(message)
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Lease:
+    """Keeps the rows of the running batch fresh in SQL from a daemon thread (the batch
+    itself may sit in one model call for minutes), so the sweeper can tell a slow batch
+    from a dead worker."""
+
+    def __init__(self, engine: Engine, lease_s: float) -> None:
+        self.engine = engine
+        self.period_s = max(0.1, float(lease_s) / 3.0)
+        self._token: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def hold(self, token: str) -> None:
+        self._token = token
+        if self._thread is None or not self._thread.is_alive():  # a fork loses threads
+            self._thread = threading.Thread(target=self._renew, name="hadis-lease",
+                                            daemon=True)
+            self._thread.start()
+
+    def drop(self) -> None:
+        self._token = None
+
+    def _renew(self) -> None:
+        while True:
+            time.sleep(self.period_s)
+            token = self._token
+            if token is None:
+                continue
+            try:
+                store.renew(self.engine, token, time.time())
+            except Exception as exc:  # SQL down: the lease lapses, the sweeper decides
+                log.warning("cannot renew the lease of %s (%s)", token,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def send_generate(app: Celery, query_id: str, queue: str, attempt: int,
@@ -60,6 +146,11 @@ def interp_seconds(spec: ModelSpec, b: int) -> float:
     return batch_seconds(spec, b)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass
 class BatchReport:
     """What one ``run`` did (returned by the task, for logs and tests)."""
@@ -73,6 +164,9 @@ class BatchReport:
     dropped: list[str]
     given_back: list[str]
     skipped: list[str]
+    failed: list[str] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)  # SQL down: the sweeper re-runs them
+    superseded: list[str] = field(default_factory=list)  # taken over by another worker
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -94,6 +188,7 @@ class WorkerRuntime:
         self.last_plan: policy.ActivePlan | None = None
         self.image_dir = Path(s.image_dir)
         self.image_dir.mkdir(parents=True, exist_ok=True)
+        self.lease = Lease(self.engine, s.lease_s)
 
     # -- plan, backend, timing --------------------------------------------------------
     def plan(self, spec: ModelSpec, queue: str) -> policy.ActivePlan:
@@ -107,7 +202,7 @@ class WorkerRuntime:
 
     def backend_for(self, spec: ModelSpec):
         """The loaded backend for ``spec``; switching models unloads the previous one."""
-        from workers.backends import load_backend
+        from workers.backends import is_replay, load_backend
 
         if self.backend is not None and self.backend.spec.id == spec.id:
             return self.backend
@@ -117,7 +212,7 @@ class WorkerRuntime:
             self.backend.unload()
             self.backend = None
         opts = {}
-        if spec.backend == "replay":  # a swap costs what the simulator charges for it
+        if is_replay(spec.backend):  # a swap costs what the simulator charges for it
             opts = {"time_factor": self.s.time_factor,
                     "load_delay_s": self.s.swap_delay_s if switching else 0.0}
         self.backend = load_backend(spec, **opts)
@@ -125,7 +220,9 @@ class WorkerRuntime:
 
     def seconds(self, spec: ModelSpec) -> Callable[[int], float]:
         """Predicted wall seconds of a batch of ``b`` on this worker."""
-        factor = self.s.time_factor if spec.backend == "replay" else 1.0
+        from workers.backends import is_replay
+
+        factor = self.s.time_factor if is_replay(spec.backend) else 1.0
         return lambda b: interp_seconds(spec, b) * factor
 
     def judge(self, images, prompts: list[str], quality: list[float] | None
@@ -143,14 +240,76 @@ class WorkerRuntime:
         scores = self.discriminator.score(images, prompts)
         return [sc.quality for sc in scores], [sc.clip for sc in scores]
 
+    # -- SQL with outages -------------------------------------------------------------
+    def _retry_sql(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` (SQL work), retried while the database is unavailable, for up to
+        ``HADIS_SQL_RETRY_S``: a short outage must not cost a batch of generated images."""
+        end = time.monotonic() + max(0.0, self.s.sql_retry_s)
+        wait = 0.25
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if not store.unavailable(exc) or time.monotonic() + wait > end:
+                    raise
+                log.warning("SQL unavailable while %s (%s); retrying in %.2f s", what,
+                            _first_line(exc), wait)
+                time.sleep(wait)
+                wait = min(2 * wait, 5.0)
+
+    def _record(self, updates: Sequence[dict], token: str, now: float,
+                report: BatchReport) -> set[str]:
+        """Write a batch's outcomes (only rows still carrying ``token``); returns the ids
+        written. If SQL stays down, nothing is written: the rows stay ``running``, their
+        lease lapses and the sweeper re-sends them once SQL is back."""
+        if not updates:
+            return set()
+        try:
+            applied = set(self._retry_sql("recording results", lambda: store.finish(
+                self.engine, updates, now, token=token)))
+        except Exception as exc:
+            if not store.unavailable(exc):
+                raise
+            for u in updates:
+                report.unrecorded.append(u["id"])
+                event(log, "query.unrecorded", logging.WARNING, query_id=u["id"],
+                      status=u.get("status"), worker=token,
+                      reason=f"SQL unavailable ({_first_line(exc)}); left running, the "
+                             "sweeper re-sends it when its lease lapses")
+            return set()
+        for u in updates:
+            if u["id"] not in applied:
+                report.superseded.append(u["id"])
+                event(log, "query.superseded", logging.WARNING, query_id=u["id"],
+                      worker=token, reason="no longer held by this batch (re-sent by the "
+                                           "sweeper and claimed again, or finished)")
+        return applied
+
+    def _fail(self, rows, token: str, reason: str, report: BatchReport) -> None:
+        now = time.time()
+        updates = [{"id": r.id, "status": "failed", "finished_at": now, "reason": reason[:2000]}
+                   for r in rows]
+        for qid in sorted(self._record(updates, token, now, report)):
+            report.failed.append(qid)
+            event(log, "query.failed", logging.WARNING, query_id=qid, worker=token,
+                  reason=reason[:500])
+
+    def _unsent(self, ids: list[str], queue: str, exc: Exception) -> None:
+        """Messages that could not be sent: back-date their rows for the next sweep."""
+        for qid in ids:
+            event(log, "query.unsent", logging.WARNING, query_id=qid, queue=queue,
+                  reason=f"message not sent ({_first_line(exc)}); the next sweep sends it")
+        try:
+            store.mark_unsent(self.engine, ids)
+        except Exception as exc2:  # then the sweeper finds them after HADIS_SWEEP_AFTER_S
+            log.warning("cannot mark %d rows unsent (%s)", len(ids), _first_line(exc2))
+
     # -- one message ------------------------------------------------------------------
     def run(self, first: QueuedMessage, hostname: str) -> BatchReport:
-        now = time.time()
         queue = first.queue
         spec = self.reg.by_queue(queue)
         plan = self.plan(spec, queue)
-        backend = self.backend_for(spec)
-        cap = plan.batch_for(spec.id, backend.max_batch)
+        cap = plan.batch_for(spec.id, max(spec.batch_sizes))
         try:
             extra = self.live.drain(queue, cap - 1)
         except Exception as exc:
@@ -158,62 +317,124 @@ class WorkerRuntime:
             extra = []
         msgs = [first] + extra
         by_id = {m.query_id: m for m in msgs}
-        token = f"{hostname}/{uuid.uuid4().hex[:8]}"
+        token = f"{hostname}/{os.getpid()}/{uuid.uuid4().hex[:8]}"[:128]
+        now = time.time()
         sent = {m.query_id: m.sent_at for m in msgs if m.sent_at is not None}
-        rows = store.claim(self.engine, list(by_id), queue, token, now, sent)
-        claimed = {r.id for r in rows}
-        report = BatchReport(queue, spec.id, 0, [], [], [], [], [],
-                             [i for i in by_id if i not in claimed])
-        if not rows:
-            return report
+        self.lease.hold(token)
+        try:
+            try:
+                rows = store.claim(self.engine, list(by_id), queue, token, now, sent)
+            except Exception as exc:
+                self._return_drained(queue, extra)
+                if store.unavailable(exc):
+                    raise SqlUnavailable(f"cannot claim on {queue}: {_first_line(exc)}"
+                                         ) from exc
+                raise
+            claimed = {r.id for r in rows}
+            report = BatchReport(queue, spec.id, 0, [], [], [], [], [],
+                                 [i for i in by_id if i not in claimed])
+            for r in rows:
+                event(log, "query.claimed", query_id=r.id, queue=queue, worker=token,
+                      attempt=r.attempts, status="running")
+            for qid in report.skipped:  # a duplicate message: the row is taken or final
+                event(log, "query.skipped", logging.DEBUG, query_id=qid, queue=queue)
+            if rows:
+                self._serve(rows, by_id, first, spec, plan, queue, cap, token, report)
+        finally:
+            self.lease.drop()
+        if rows:
+            self._heartbeat(hostname, spec, queue, plan)
+        return report
+
+    def _serve(self, rows, by_id, first: QueuedMessage, spec: ModelSpec,
+               plan: policy.ActivePlan, queue: str, cap: int, token: str,
+               report: BatchReport) -> None:
+        """The claimed rows: load the model, drop, give back, run the batch."""
+        try:
+            backend = self.backend_for(spec)
+        except Exception as exc:
+            log.exception("cannot load %s", spec.name)
+            self._fail(rows, token, f"{spec.name}: the {spec.backend} backend could not load: "
+                                    f"{_first_line(exc)}", report)
+            return
+        now = time.time()
         choice = policy.take_batch(now, [r.deadline for r in rows], cap, self.seconds(spec))
         one = self.seconds(spec)(1)
-        updates = []
+        drops = []
         for i in choice.drop:
             r = rows[i]
-            updates.append({"id": r.id, "status": "dropped", "finished_at": now,
-                            "reason": f"cannot meet its deadline on {queue}: needs {one:.3f} s, "
-                                      f"{max(r.deadline - now, 0.0):.3f} s left"})
-            report.dropped.append(r.id)
-        store.finish(self.engine, updates, now)
+            drops.append({"id": r.id, "status": "dropped", "finished_at": now,
+                          "reason": f"cannot meet its deadline on {queue}: needs {one:.3f} s, "
+                                    f"{max(r.deadline - now, 0.0):.3f} s left"})
+        applied = self._record(drops, token, now, report)
+        for u in drops:
+            if u["id"] in applied:
+                report.dropped.append(u["id"])
+                event(log, "query.dropped", query_id=u["id"], queue=queue, worker=token,
+                      reason=u["reason"], status="dropped")
         back = [rows[i] for i in choice.back]
         if back:
-            self._give_back(back, by_id, first, queue)
+            self._give_back(back, by_id, first, queue, token)
             report.given_back = [r.id for r in back]
         batch = [rows[i] for i in choice.run]
         if batch:
-            self._run_batch(batch, spec, plan, queue, backend, report)
-        self._heartbeat(hostname, spec, queue, plan)
-        return report
+            self._run_batch(batch, spec, plan, queue, backend, token, report)
 
-    def _give_back(self, rows, by_id, first: QueuedMessage, queue: str) -> None:
+    def _return_drained(self, queue: str, extra: list[QueuedMessage]) -> None:
+        """Drained messages go back to the head of their list (nothing was claimed)."""
+        try:
+            self.live.push_back(queue, extra)
+        except Exception as exc:  # their rows are still queued: the sweeper re-sends them
+            log.warning("cannot return %d drained messages to %s (%s)", len(extra), queue, exc)
+
+    def _give_back(self, rows, by_id, first: QueuedMessage, queue: str, token: str) -> None:
         now = time.time()
-        store.release(self.engine, [r.id for r in rows], now)
+        ids = [r.id for r in rows]
+        try:  # rows first, then their messages
+            store.release(self.engine, ids, now, token)
+        except Exception as exc:  # left running: the lease lapses, the sweeper re-sends
+            log.warning("cannot release %d rows (%s)", len(ids), _first_line(exc))
+        for qid in ids:
+            event(log, "query.given_back", query_id=qid, queue=queue, worker=token,
+                  status="queued")
         raw = [by_id[r.id] for r in rows if by_id[r.id] is not first]
         try:
             self.live.push_back(queue, raw)
-        except Exception as exc:  # the sweeper re-sends them from SQL
-            log.warning("cannot give back %d messages (%s)", len(raw), exc)
+        except Exception as exc:
+            self._unsent([m.query_id for m in raw], queue, exc)
         if any(by_id[r.id] is first for r in rows):
-            send_generate(self.app, first.query_id, queue, first.attempt, first.sent_at)
+            try:
+                send_generate(self.app, first.query_id, queue, first.attempt, first.sent_at)
+            except Exception as exc:
+                self._unsent([first.query_id], queue, exc)
 
     def _run_batch(self, batch, spec: ModelSpec, plan: policy.ActivePlan, queue: str,
-                   backend, report: BatchReport) -> None:
+                   backend, token: str, report: BatchReport) -> None:
+        from hadis_celery.celery import batch_time_limit_s
+
         prompts = [r.prompt for r in batch]
         report.batch = len(batch)
         report.ran = [r.id for r in batch]
+        predicted = self.seconds(spec)(len(batch))
+        limit = batch_time_limit_s(self.s, predicted)
+        timeout = (f"{spec.name}: the batch of {len(batch)} did not finish within its time "
+                   f"limit of {limit:.1f} s (max({self.s.task_timeout_min_s:g} s, "
+                   f"{self.s.task_timeout_factor:g} x the predicted {predicted:.2f} s)); "
+                   "the backend was interrupted")
         try:
-            gen = backend.generate(prompts, [r.seed for r in batch])
-            quality, clip = self.judge(gen.images, prompts, gen.quality)
+            with time_limit(limit, timeout):
+                gen = backend.generate(prompts, [r.seed for r in batch])
+                quality, clip = self.judge(gen.images, prompts, gen.quality)
+        except BatchTimeout as exc:
+            log.error("batch on %s timed out", queue)
+            self._fail(batch, token, str(exc), report)
+            return
         except Exception as exc:
-            now = time.time()
-            store.finish(self.engine, [{"id": r.id, "status": "failed", "finished_at": now,
-                                        "reason": f"{spec.name}: {exc}"[:2000]}
-                                       for r in batch], now)
             log.exception("batch on %s failed", queue)
+            self._fail(batch, token, f"{spec.name}: {exc}", report)
             return
         now = time.time()
-        updates, resend = [], []
+        updates, outcome = [], {}
         for r, img, q, c in zip(batch, gen.images, quality, clip, strict=True):
             models = list(r.models or []) + [spec.id]
             base = {"id": r.id, "models": models, "model_s": (r.model_s or 0.0) + gen.seconds}
@@ -221,8 +442,7 @@ class WorkerRuntime:
             if judged and policy.verdict(plan, queue, spec.id, q) == policy.REROUTE:
                 updates.append({**base, "status": "rerouted", "queue": plan.heavy_queue,
                                 "light_quality": q, "attempts": (r.attempts or 0) + 1})
-                resend.append((r, plan.heavy_queue))
-                report.rerouted.append(r.id)
+                outcome[r.id] = ("rerouted", r, q)
                 continue
             name = f"{r.id}.png"
             img.save(self.image_dir / f".{name}.tmp", format="PNG")
@@ -230,14 +450,31 @@ class WorkerRuntime:
             extra = {"light_quality": q} if policy.discriminates(plan, queue, spec.id) else {}
             updates.append({**base, **extra, "status": "done", "served_model": spec.id,
                             "quality": q, "clip": c, "image": name, "finished_at": now})
-            report.accepted.append(r.id)
-        store.finish(self.engine, updates, now)
-        for r, q in resend:  # row first, then message; a lost send is re-sent by the sweeper
+            outcome[r.id] = ("done", r, q)
+        applied = self._record(updates, token, now, report)
+        resend = []
+        for qid, (what, r, q) in outcome.items():
+            if qid not in applied:
+                continue
+            if what == "rerouted":
+                report.rerouted.append(qid)
+                resend.append(r)
+                event(log, "query.rerouted", query_id=qid, queue=plan.heavy_queue,
+                      from_queue=queue, model=spec.id, light_quality=q, status="rerouted")
+            else:
+                report.accepted.append(qid)
+                event(log, "query.done", query_id=qid, queue=queue, model=spec.id, quality=q,
+                      latency_s=round(now - r.received_at, 6), status="done")
+        for r in resend:  # row first, then message; a lost send is re-sent by the sweeper
             try:
-                send_generate(self.app, r.id, q, (r.attempts or 0) + 1)
-                self.live.count_enqueue(q)
+                send_generate(self.app, r.id, plan.heavy_queue, (r.attempts or 0) + 1)
             except Exception as exc:
-                log.warning("cannot reroute %s to %s (%s); the sweeper will", r.id, q, exc)
+                self._unsent([r.id], plan.heavy_queue, exc)
+                continue
+            try:
+                self.live.count_enqueue(plan.heavy_queue)
+            except Exception:  # demand is a little under-counted
+                pass
 
     def _heartbeat(self, hostname: str, spec: ModelSpec, queue: str,
                    plan: policy.ActivePlan) -> None:

@@ -1,7 +1,10 @@
 """Celery tasks: thin adapters over ``workers.serving`` and ``planner.beat``.
 
 - ``hadis.generate(query_id, queue, attempt, sent_at)``: one message = one query; the worker
-  drains up to B - 1 more from the same queue and runs them as one batch.
+  drains up to B - 1 more from the same queue and runs them as one batch. Celery's hard time
+  limit (``hadis_celery.celery.hard_time_limit_s``) kills a pool child stuck in a backend
+  that ignores the per-batch limit; when SQL is unavailable the message is requeued after a
+  back-off (the worker cannot claim anything, and the message must not be lost).
 - ``hadis.plan``: the beat's planner tick (``planner.beat.PlanLoop.tick``).
 - ``hadis.sweep``: re-send accepted queries whose message was lost (``planner.beat.sweep``).
 - ``hadis.bench_sleep``: a bare task for ``bench.frontdoor``'s baseline.
@@ -10,12 +13,20 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
-from hadis_celery.celery import app
+from hadis_celery.celery import app, hard_time_limit_s
+from hadis_celery.deployment import registry
 from hadis_celery.live import GENERATE_TASK, QueuedMessage
+from hadis_celery.logs import event
+
+log = logging.getLogger(__name__)
+SQL_BACKOFF_MAX_S = 5.0
+_sql_failures = 0  # consecutive claims that found SQL down, in this process
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,11 +52,33 @@ def _warm(**_) -> None:
         pass
 
 
-@app.task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+def sql_backoff_s(failures: int) -> float:
+    """Seconds to wait before requeueing after ``failures`` claims in a row found SQL down
+    (0.5, 1, 2, 4, then 5): the worker neither spins on the queue nor sleeps long after
+    SQL returns."""
+    return min(SQL_BACKOFF_MAX_S, 0.5 * 2 ** min(max(0, failures - 1), 16))
+
+
+@app.task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+          time_limit=hard_time_limit_s(app.conf.hadis_settings,
+                                       registry(app.conf.hadis_settings)))
 def generate(self, query_id: str, queue: str, attempt: int = 0,
              sent_at: float | None = None) -> dict:
+    from workers.serving import SqlUnavailable
+
+    global _sql_failures
     msg = QueuedMessage(str(query_id), str(queue), int(attempt), sent_at)
-    return runtime().run(msg, self.request.hostname or "worker").to_dict()
+    try:
+        out = runtime().run(msg, self.request.hostname or "worker").to_dict()
+    except SqlUnavailable as exc:
+        _sql_failures += 1
+        wait = sql_backoff_s(_sql_failures)
+        event(log, "query.requeued", logging.WARNING, query_id=msg.query_id, queue=msg.queue,
+              reason=f"{exc}; message requeued after {wait:g} s")
+        time.sleep(wait)
+        raise Reject(str(exc), requeue=True) from exc
+    _sql_failures = 0
+    return out
 
 
 @app.task(name="hadis.plan")

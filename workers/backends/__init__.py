@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 BACKENDS = ("replay", "tiny", "diffusers")
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "BatchTooLargeError", "Generation",
-           "load_backend"]
+           "backend_class", "is_replay", "load_backend"]
 
 
 @dataclass
@@ -117,7 +117,13 @@ class Backend(abc.ABC):
 
 
 def backend_class(kind: str) -> type[Backend]:
-    """The class behind a registry ``backend`` name (imports only that backend's module)."""
+    """The class behind a registry ``backend`` name (imports only that backend's module).
+
+    Besides the three names, ``package.module:ClassName`` names any ``Backend`` subclass
+    (``HADIS_BACKEND``): a deployment's own model wrapper, or a test's faulty backend, with
+    no test code in the workers."""
+    if ":" in kind:
+        return _import_backend(kind)
     if kind == "replay":
         from workers.backends.replay import ReplayBackend
 
@@ -130,7 +136,34 @@ def backend_class(kind: str) -> type[Backend]:
         from workers.backends.pipeline import DiffusersBackend
 
         return DiffusersBackend
-    raise BackendError(f"unknown backend {kind!r} (use one of {', '.join(BACKENDS)})")
+    raise BackendError(f"unknown backend {kind!r} (use one of {', '.join(BACKENDS)}, "
+                       "or package.module:ClassName)")
+
+
+def _import_backend(ref: str) -> type[Backend]:
+    import importlib
+
+    module, _, name = ref.partition(":")
+    if not module or not name:
+        raise BackendError(f"backend {ref!r}: expected package.module:ClassName")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise BackendError(f"backend {ref!r}: cannot import it ({exc})") from exc
+    if not (isinstance(obj, type) and issubclass(obj, Backend)):
+        raise BackendError(f"backend {ref!r} is not a workers.backends.Backend subclass")
+    return obj
+
+
+def is_replay(kind: str) -> bool:
+    """Whether ``kind`` names the replay backend or a subclass of it (those sleep profiled
+    latencies times ``HADIS_TIME_FACTOR`` and take its options)."""
+    from workers.backends.replay import ReplayBackend
+
+    try:
+        return issubclass(backend_class(kind), ReplayBackend)
+    except BackendError:
+        return False
 
 
 def load_backend(spec: ModelSpec, *, load: bool = True, **options: Any) -> Backend:
