@@ -50,6 +50,7 @@ class QueuedMessage:
     attempt: int = 0
     sent_at: float | None = None
     raw: bytes = b""
+    swapped: bool = False  # handed back once by a worker swapping models: not again
 
 
 def decode_message(raw: bytes) -> QueuedMessage | None:
@@ -64,7 +65,8 @@ def decode_message(raw: bytes) -> QueuedMessage | None:
         args = json.loads(body)[0]
         attempt = int(args[2]) if len(args) > 2 else 0
         sent_at = float(args[3]) if len(args) > 3 and args[3] is not None else None
-        return QueuedMessage(str(args[0]), str(args[1]), attempt, sent_at, raw)
+        swapped = bool(args[4]) if len(args) > 4 else False
+        return QueuedMessage(str(args[0]), str(args[1]), attempt, sent_at, raw, swapped)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
 

@@ -63,7 +63,7 @@ class Settings:
     rate_limit_per_min: int = field(
         default_factory=lambda: int(_float("HADIS_RATE_LIMIT_PER_MIN", 600)))  # 0: off
     max_request_bytes: int = field(
-        default_factory=lambda: int(_float("HADIS_MAX_REQUEST_BYTES", 16384)))
+        default_factory=lambda: int(_float("HADIS_MAX_REQUEST_BYTES", 32768)))
     sweep_after_s: float = field(default_factory=lambda: _float("HADIS_SWEEP_AFTER_S", 300.0))
     heartbeat_s: float = field(default_factory=lambda: _float("HADIS_HEARTBEAT_S", 5.0))
     # -- failures and recovery (issue 9) ----------------------------------------------------

@@ -136,6 +136,17 @@ def move_orphans(app: Celery, live: LiveState, engine: Engine, plan: policy.Acti
     return moved
 
 
+def planner_options(s: Settings) -> dict:
+    """What hadis-plus must know of the live loop, in profile time: the period a measured
+    rate covers, the EWMA's lag (half-life / ln 2) and the swap delay."""
+    if s.planner != "hadis-plus":
+        return {}
+    tf = s.time_factor if s.time_factor > 0 else 1.0
+    return {"rate_window_s": s.plan_period_s / tf,
+            "ewma_lag_s": s.demand_half_life_s / tf / math.log(2),
+            "swap_delay_s": s.swap_delay_s}
+
+
 @dataclass
 class PlanLoop:
     """The beat task's state: settings, table, planner, SQL engine, Redis, Celery app."""
@@ -158,7 +169,7 @@ class PlanLoop:
         table = load_table(s)
         return cls(s=s, app=app, engine=store.serving_engine(s.database_url),
                    live=LiveState.from_url(s.state_url), table=table,
-                   planner=make_planner(s.planner, solver=s.solver),
+                   planner=make_planner(s.planner, solver=s.solver, **planner_options(s)),
                    theta_for=RouterProfile.load(s.router_profile).threshold_for)
 
     @property

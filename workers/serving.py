@@ -125,10 +125,12 @@ class Lease:
 
 
 def send_generate(app: Celery, query_id: str, queue: str, attempt: int,
-                  sent_at: float | None = None) -> None:
+                  sent_at: float | None = None, swapped: bool = False) -> None:
     """Publish one ``hadis.generate`` message on ``queue`` (no retry: the caller decides)."""
-    app.send_task(GENERATE_TASK, args=[query_id, queue, attempt,
-                                       time.time() if sent_at is None else sent_at],
+    args = [query_id, queue, attempt, time.time() if sent_at is None else sent_at]
+    if swapped:
+        args.append(True)
+    app.send_task(GENERATE_TASK, args=args,
                   queue=queue, routing_key=queue, retry=False, ignore_result=True)
 
 
@@ -308,6 +310,8 @@ class WorkerRuntime:
     def run(self, first: QueuedMessage, hostname: str) -> BatchReport:
         queue = first.queue
         spec = self.reg.by_queue(queue)
+        if self.backend is not None and self.backend.spec.id != spec.id and not first.swapped:
+            return self._swap(first, spec)
         plan = self.plan(spec, queue)
         cap = plan.batch_for(spec.id, max(spec.batch_sizes))
         try:
@@ -344,6 +348,29 @@ class WorkerRuntime:
             self.lease.drop()
         if rows:
             self._heartbeat(hostname, spec, queue, plan)
+        return report
+
+    def _swap(self, first: QueuedMessage, spec: ModelSpec) -> BatchReport:
+        """The plan moved this worker to another model: hand the message back, then load.
+        No query waits on a loading worker (the simulator's rule: a swapping worker holds
+        nothing); the worker takes its next message with the new model loaded. A message is
+        handed back once only, so a worker bound to two models' queues cannot livelock."""
+        report = BatchReport(first.queue, spec.id, 0, [], [], [], [], [first.query_id], [])
+        try:
+            send_generate(self.app, first.query_id, first.queue, first.attempt, first.sent_at,
+                          swapped=True)
+        except Exception as exc:  # Redis went: the next sweep sends it from SQL
+            log.warning("cannot hand %s back (%s)", first.query_id, _first_line(exc))
+            try:
+                store.mark_unsent(self.engine, [first.query_id])
+            except Exception:
+                pass
+        event(log, "query.given_back", query_id=first.query_id, queue=first.queue,
+              reason=f"worker swapping to {spec.name}")
+        try:
+            self.backend_for(spec)
+        except Exception:  # the next message on this queue retries and fails its rows
+            log.exception("cannot load %s", spec.name)
         return report
 
     def _serve(self, rows, by_id, first: QueuedMessage, spec: ModelSpec,

@@ -63,11 +63,11 @@ def sql_backoff_s(failures: int) -> float:
           time_limit=hard_time_limit_s(app.conf.hadis_settings,
                                        registry(app.conf.hadis_settings)))
 def generate(self, query_id: str, queue: str, attempt: int = 0,
-             sent_at: float | None = None) -> dict:
+             sent_at: float | None = None, swapped: bool = False) -> dict:
     from workers.serving import SqlUnavailable
 
     global _sql_failures
-    msg = QueuedMessage(str(query_id), str(queue), int(attempt), sent_at)
+    msg = QueuedMessage(str(query_id), str(queue), int(attempt), sent_at, swapped=bool(swapped))
     try:
         out = runtime().run(msg, self.request.hostname or "worker").to_dict()
     except SqlUnavailable as exc:

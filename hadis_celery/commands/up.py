@@ -57,6 +57,11 @@ def child_env(s) -> dict[str, str]:
         "HADIS_DATABASE_URL": s.database_url, "HADIS_BROKER_URL": s.broker_url,
         "HADIS_IMAGE_DIR": str(Path(s.image_dir).resolve()),
         "HADIS_TIME_FACTOR": repr(s.time_factor), "HADIS_PLAN_PERIOD_S": repr(s.plan_period_s),
+        "HADIS_PROFILE": str(s.profile), "HADIS_PLANNER": s.planner, "HADIS_SOLVER": s.solver,
+        "HADIS_SLO_S": repr(s.slo_s), "HADIS_DEMAND_HALF_LIFE_S": repr(s.demand_half_life_s),
+        "HADIS_SWAP_DELAY_S": repr(s.swap_delay_s),
+        "HADIS_RATE_LIMIT_PER_MIN": str(s.rate_limit_per_min),
+        "HADIS_WORKERS": str(s.worker_budget),
         "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -72,11 +77,21 @@ def _spawn(name: str, args: list[str], env: dict, log_dir: Path, quiet: bool) ->
     return Child(name, proc)
 
 
+def worker_names(n: int) -> list[str]:
+    """``gpu0`` .. ``gpuN``, zero-padded so that names sort in number order (the beat
+    rebinds workers in name order, as the simulator does with its worker numbers)."""
+    width = len(str(max(n - 1, 0)))
+    return [f"gpu{i:0{width}d}" for i in range(n)]
+
+
 def initial_queues(workers: dict[str, int], n: int, fallback: str) -> list[str]:
-    """One queue per worker from the first plan's counts (the beat rebinds them later)."""
-    order = [q for q, k in sorted(workers.items()) for _ in range(k)]
-    return [(order[i] if i < len(order) else (order[0] if order else fallback))
-            for i in range(n)]
+    """One queue per worker from the first plan's counts, by the beat's own rebinding rule
+    (``policy.assign_queues`` from nothing, in name order: the simulator's first binding)."""
+    from hadis_celery.policy import assign_queues
+
+    names = worker_names(n)
+    got = assign_queues({w: [] for w in names}, workers)
+    return [got.get(w, fallback) for w in names]
 
 
 def _wait_http(url: str, timeout_s: float, children: list[Child]) -> bool:
@@ -110,9 +125,30 @@ def _wait_http(url: str, timeout_s: float, children: list[Child]) -> bool:
 @click.option("--flower-port", default=5555, show_default=True)
 @click.option("--logs", "log_dir", default="var/log", show_default=True,
               type=click.Path(file_okay=False), help="Folder of the processes' logs.")
+@click.option("--database", default=None,
+              help="SQL database URL (default HADIS_DATABASE_URL, else var/hadis.sqlite).")
+@click.option("--profile", default=None,
+              help="Configuration table: a JSON file or sql:<name> (default HADIS_PROFILE).")
+@click.option("--planner", default=None,
+              help="The beat's planner: hadis or a baseline (default HADIS_PLANNER, else hadis).")
+@click.option("--solver", default=None, help="MILP solver (default HADIS_SOLVER, else highs).")
+@click.option("--slo", "slo_s", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Default SLO of a request, wall seconds (default HADIS_SLO_S, else 60).")
+@click.option("--half-life", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="EWMA demand half-life, wall seconds (default HADIS_DEMAND_HALF_LIFE_S).")
+@click.option("--swap-delay", type=click.FloatRange(min=0), default=None,
+              help="Replay model-swap delay, profile seconds (x the time factor; "
+                   "default HADIS_SWAP_DELAY_S, else 10).")
+@click.option("--rate-limit", type=click.IntRange(min=0), default=None,
+              help="Requests per client per minute, 0 for none (load generation; default "
+                   "HADIS_RATE_LIMIT_PER_MIN, else 600).")
+@click.option("--budget", type=click.IntRange(min=0), default=None,
+              help="Workers the planner may use, 0 for the live ones (default HADIS_WORKERS).")
 def command(n_workers: int, host: str, port: int, time_factor: float | None,
             plan_period: float | None, duration: float, flower: bool, flower_port: int,
-            log_dir: str) -> None:
+            log_dir: str, database: str | None, profile: str | None, planner: str | None,
+            solver: str | None, slo_s: float | None, half_life: float | None,
+            swap_delay: float | None, rate_limit: int | None, budget: int | None) -> None:
     """Start the local stack (front door, Redis queues, replay workers, planner beat)."""
     import importlib.util
 
@@ -120,15 +156,23 @@ def command(n_workers: int, host: str, port: int, time_factor: float | None,
     from hadis_celery.celery import make_app
     from hadis_celery.live import LiveState
     from hadis_celery.settings import settings
+    from planner.baselines import PLANNERS
     from planner.beat import PlanLoop
 
     if n_workers < 1:
         raise click.BadParameter("at least one worker", param_hint="--workers")
-    s = settings()
-    if time_factor is not None:
-        s = replace(s, time_factor=time_factor)
-    if plan_period is not None:
-        s = replace(s, plan_period_s=plan_period)
+    if planner is not None and planner not in PLANNERS:
+        raise click.BadParameter(f"unknown planner {planner!r}; one of {', '.join(PLANNERS)}",
+                                 param_hint="--planner")
+    try:
+        s = settings()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    given = {"time_factor": time_factor, "plan_period_s": plan_period, "database_url": database,
+             "profile": profile, "planner": planner, "solver": solver, "slo_s": slo_s,
+             "demand_half_life_s": half_life, "swap_delay_s": swap_delay,
+             "rate_limit_per_min": rate_limit, "worker_budget": budget}
+    s = replace(s, **{k: v for k, v in given.items() if v is not None})
     if not (s.time_factor >= 0 and s.plan_period_s > 0):
         raise click.BadParameter("time factor must be >= 0 and plan period > 0")
     try:
@@ -147,8 +191,11 @@ def command(n_workers: int, host: str, port: int, time_factor: float | None,
     logs = Path(log_dir)
     logs.mkdir(parents=True, exist_ok=True)
 
-    loop = PlanLoop.from_settings(s, make_app(s))
-    first = loop.tick()  # a plan before anything serves
+    try:
+        loop = PlanLoop.from_settings(s, make_app(s))
+        first = loop.tick()  # a plan before anything serves
+    except ValueError as exc:  # a bad profile table, planner or solver input
+        raise click.ClickException(f"cannot make the first plan: {exc}") from None
     plan = loop.live.get_plan()
     queues = initial_queues(dict(plan.workers) if plan else {}, n_workers,
                             plan.light_queue if plan else "light_sdxl")
@@ -163,10 +210,10 @@ def command(n_workers: int, host: str, port: int, time_factor: float | None,
 
     old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for i, q in enumerate(queues):
-            children.append(_spawn(f"gpu{i}", [
+        for name, q in zip(worker_names(n_workers), queues, strict=True):
+            children.append(_spawn(name, [
                 "-m", "celery", "-A", "hadis_celery", "worker", "-Q", q, "-c", "1",
-                "-n", f"gpu{i}@%h", "--without-mingle", "--without-gossip", "-l", "warning"],
+                "-n", f"{name}@%h", "--without-mingle", "--without-gossip", "-l", "warning"],
                 env, logs, quiet=True))
         children.append(_spawn("planner", [
             "-m", "celery", "-A", "hadis_celery", "worker", "-Q", "hadis_control", "-c", "1",

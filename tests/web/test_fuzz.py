@@ -34,6 +34,7 @@ from hadis_celery import db, store
 from hadis_celery.celery import make_app
 from hadis_celery.live import decode_message
 from hadis_celery.models import QueryRow
+from hadis_celery.settings import Settings
 from planner.beat import PlanLoop
 from tests.stack.conftest import database, make_settings, plan_for
 from tests.web.conftest import form_token
@@ -43,7 +44,7 @@ FUZZ = settings(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example,
                                        HealthCheck.function_scoped_fixture])
-MAX_BYTES = 16384  # make_settings keeps the default HADIS_MAX_REQUEST_BYTES
+MAX_BYTES = Settings().max_request_bytes  # make_settings keeps the default
 DOC_HOLDER: dict = {}  # the served OpenAPI document, set by the fixture
 
 
