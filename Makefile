@@ -25,4 +25,4 @@ test: install services system-deps
 	$(PY) -m pytest -q
 
 bench: install services
-	for b in router planner simulate plus backends frontdoor; do $(PY) -m bench.$$b; done
+	for b in router planner simulate plus backends frontdoor testbed; do $(PY) -m bench.$$b; done

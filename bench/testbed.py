@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     from planner.demand import EwmaDemand
     from planner.table import ProfileTable
     from sim.engine import Simulation, Workload
+    from sim.fid import fallback_model
     from sim.live import compare, live_result, overheads, write_report
     from sim.scenario import default_scenario
     from sim.trace import Trace, read_trace
@@ -217,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         live = live_result(run.records, run.plans, t0=run.t0, time_scale=k,
                            surface=sc.surface, settings=s, name="live",
-                           model_of_queue=model_of_queue)
+                           model_of_queue=model_of_queue,
+                           fallback=fallback_model(sc.registry, sc.surface))
         sl = Trace(arrival_s=np.array([a.t_s for a in arrivals]),
                    prompt_index=np.array([a.prompt_index for a in arrivals]), name=args.trace)
         wl = build_workload(sl, [sc.imagenet])

@@ -123,9 +123,11 @@ def plan_pair(plan: Mapping) -> tuple[int, int]:
 def live_result(records: Sequence[LiveRecord], plans: Mapping[int, Mapping], *,
                 t0: float, time_scale: float, surface: FidSurface | None,
                 settings: SimSettings | None = None, name: str = "live",
-                model_of_queue: Mapping[str, int] | None = None) -> SimResult:
+                model_of_queue: Mapping[str, int] | None = None,
+                fallback: tuple[int, float] | None = None) -> SimResult:
     """The replay as a ``SimResult`` in profile time (see the module doc). ``plans``: API
-    plan objects by id; ``surface``: the profiled FID grid (None: FID unknown, NaN)."""
+    plan objects by id; ``surface``: the profiled FID grid (None: FID unknown, NaN);
+    ``fallback``: ``sim.fid.fallback_model``'s (model, FID) for ``fid_all`` (None: NaN)."""
     if not time_scale > 0:
         raise ValueError(f"time scale must be positive, got {time_scale!r}")
     k = float(time_scale)
@@ -176,6 +178,7 @@ def live_result(records: Sequence[LiveRecord], plans: Mapping[int, Mapping], *,
         fid_windows=fid_windows, executions=executions, settings=settings, planner_name=name,
         solve_ms=[float(p["solve_ms"]) for p in plans.values()
                   if isinstance(p.get("solve_ms"), int | float)],
+        **({"fallback_model": fallback[0], "fallback_fid": fallback[1]} if fallback else {}),
     )
 
 

@@ -132,7 +132,7 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
     settings = SimSettings(slo_s=(sorted(slos)[len(slos) // 2] / time_scale) if slos else 60.0)
     res = live_result(run.records, run.plans, t0=run.t0, time_scale=time_scale,
                       surface=surface, settings=settings, name="live",
-                      model_of_queue=_model_of_queue())
+                      model_of_queue=_model_of_queue(), fallback=_fallback(surface))
     summary = {**res.summary(), **overheads(run.records), "time_scale": time_scale,
                "t0": run.t0,
                "url": run.endpoint, "trace": str(trace_path), "start_s": start_s,
@@ -146,6 +146,19 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
                        f"{run.open_at_end} queries still open when the replay stopped "
                        "waiting (counted as dropped).\n")
     click.echo(json.dumps(summary, default=str))
+
+
+def _fallback(surface) -> tuple[int, float] | None:
+    """The stand-in image of a dropped query for ``fid_all`` (None without a surface)."""
+    from planner.registry import sd35_registry
+    from sim.fid import fallback_model
+
+    if surface is None:
+        return None
+    try:
+        return fallback_model(sd35_registry(), surface)
+    except (KeyError, ValueError):
+        return None
 
 
 def _model_of_queue() -> dict[str, int]:
