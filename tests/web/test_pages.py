@@ -127,13 +127,14 @@ def test_ui_errors_are_html_pages_and_the_api_keeps_json(stack):
     _html_error(c.post("/ui/dashboard"), 405, "Method Not Allowed")
     from webapp.pages import FORM_MAX_BYTES
 
-    big = c.post("/ui/generate", data={"prompt": "x" * FORM_MAX_BYTES,
+    api_limit = c.application.extensions["hadis"].s.max_request_bytes
+    big = c.post("/ui/generate", data={"prompt": "x" * max(FORM_MAX_BYTES, api_limit),
                                         "csrf_token": _token(c)})
     _html_error(big, 413, "larger than")
     # what the pages' scripts poll stays JSON, and so does the API
     for resp, status in ((c.get("/ui/results/" + "0" * 32 + ".json"), 404),
                          (c.get("/v1/nothing"), 404), (c.put("/v1/generations"), 405),
-                         (c.post("/v1/generations", data=b"x" * 20000), 413)):
+                         (c.post("/v1/generations", data=b"x" * (api_limit + 1)), 413)):
         assert resp.status_code == status and resp.is_json
         assert set(resp.get_json()["error"]) == {"code", "message"}
 
