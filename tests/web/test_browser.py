@@ -106,7 +106,8 @@ def test_script_prompt_is_shown_as_text(browser, stack):
 def test_empty_prompt_shows_error_on_the_form(browser, stack):
     drv = browser
     _submit(drv, stack, "   ", "12")
-    err = drv.find_element(By.ID, "form-error")
+    # the click returns before the answer page is loaded: wait for it, do not race it
+    err = WebDriverWait(drv, WAIT_S).until(lambda d: d.find_elements(By.ID, "form-error"))[0]
     assert "empty" in err.text
     assert drv.find_element(By.ID, "slo_s").get_attribute("value") == "12"
     _shot(drv, stack, "form-error")
