@@ -63,19 +63,9 @@ def _spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 
 def _stop(p: subprocess.Popen) -> None:
-    import signal
+    from hadis_celery.procs import stop_group
 
-    if p.poll() is None:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.wait(5)
+    stop_group(p)
 
 
 def _post(conn: http.client.HTTPConnection, prompt: str) -> tuple[int, float, str]:

@@ -52,20 +52,9 @@ def _free_port() -> int:
 
 def _stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
     """SIGINT ``hadis up`` (it stops its children), SIGKILL its group if it lingers."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGINT)
-            proc.wait(grace_s)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
+    from hadis_celery.procs import stop_group
+
+    stop_group(proc, grace_s, signal.SIGINT)
 
 
 def _wait_lines(path: Path, proc: subprocess.Popen, marker: str, timeout_s: float) -> None:

@@ -94,6 +94,39 @@ class Settings:
         """Redis URL of the live state (``HADIS_REDIS_URL``, else the broker)."""
         return self.redis_url or self.broker_url
 
+    def to_env(self) -> dict[str, str]:
+        """The ``HADIS_*`` variables that make another process read these very settings
+        (``hadis up``'s children, the benches' and tests' subprocesses)."""
+        out: dict[str, str] = {}
+        for name, var in ENV_NAMES.items():
+            v = getattr(self, name)
+            if v is None:
+                continue
+            out[var] = ",".join(v) if isinstance(v, tuple) else str(v)
+        return out
+
+
+# Every field and the variable it is read from (``Settings.to_env`` writes them back).
+ENV_NAMES = {
+    "database_url": "HADIS_DATABASE_URL", "broker_url": "HADIS_BROKER_URL",
+    "router_profile": "HADIS_ROUTER_PROFILE", "concreteness": "HADIS_CONCRETENESS",
+    "redis_url": "HADIS_REDIS_URL", "profile": "HADIS_PROFILE", "backend": "HADIS_BACKEND",
+    "model_paths": "HADIS_MODEL_PATHS", "image_dir": "HADIS_IMAGE_DIR",
+    "time_factor": "HADIS_TIME_FACTOR", "swap_delay_s": "HADIS_SWAP_DELAY_S",
+    "slo_s": "HADIS_SLO_S", "max_slo_s": "HADIS_MAX_SLO_S",
+    "plan_period_s": "HADIS_PLAN_PERIOD_S", "planner": "HADIS_PLANNER",
+    "solver": "HADIS_SOLVER", "demand_half_life_s": "HADIS_DEMAND_HALF_LIFE_S",
+    "worker_budget": "HADIS_WORKERS", "api_keys": "HADIS_API_KEYS",
+    "rate_limit_per_min": "HADIS_RATE_LIMIT_PER_MIN",
+    "max_request_bytes": "HADIS_MAX_REQUEST_BYTES", "sweep_after_s": "HADIS_SWEEP_AFTER_S",
+    "heartbeat_s": "HADIS_HEARTBEAT_S", "lease_s": "HADIS_LEASE_S",
+    "sweep_period_s": "HADIS_SWEEP_PERIOD_S", "max_attempts": "HADIS_MAX_ATTEMPTS",
+    "task_timeout_min_s": "HADIS_TASK_TIMEOUT_MIN_S",
+    "task_timeout_factor": "HADIS_TASK_TIMEOUT_FACTOR",
+    "task_hard_timeout_s": "HADIS_TASK_HARD_TIMEOUT_S", "sql_retry_s": "HADIS_SQL_RETRY_S",
+    "disc_head": "HADIS_DISC_HEAD",
+}
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)

@@ -26,7 +26,7 @@ from planner.cascade import CascadeConfig
 from planner.pareto import pareto_indices
 from planner.registry import Registry
 from planner.table import ProfileTable
-from webapp.frontdoor import FrontDoor, describe_plan
+from webapp.frontdoor import FrontDoor, describe_plan, model_name
 from webapp.plots import (
     Outcome,
     ScatterPoint,
@@ -59,14 +59,6 @@ def fmt(v: object, spec: str = ".3g") -> str:
             return "∞" if v > 0 else "-∞"
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
-
-def _name(reg: Registry, mid: int | None) -> str:
-    if mid is None:
-        return "-"
-    try:
-        return reg.get(mid).name
-    except KeyError:
-        return str(mid)
 
 
 def _pairs(d: dict | None) -> str:
@@ -149,13 +141,14 @@ def view(st: State, reg: Registry, table: ProfileTable, refresh_s: int = 0) -> d
     desc = describe_plan(row, reg) if row is not None else None
     text = {
         "plan-id": str(p.plan_id) if p else "-",
-        "plan-pair": f"{_name(reg, p.light)} → {_name(reg, p.heavy)}" if p else "-",
+        "plan-pair": f"{model_name(reg, p.light)} → {model_name(reg, p.heavy)}" if p else "-",
         "plan-theta": fmt(p.theta) if p else "-",
         "plan-tau": fmt(p.tau) if p else "-",
         "plan-routing": f"{p.routing} (router ratio {fmt(p.router_ratio)}, reject ratio "
                         f"{fmt(desc['disc_ratio']) if desc else '-'})" if p else "-",
         "plan-workers": _pairs(dict(p.workers)) if p else "-",
-        "plan-batch": _pairs({_name(reg, int(k)): v for k, v in p.batch.items()}) if p else "-",
+        "plan-batch": (_pairs({model_name(reg, int(k)): v for k, v in p.batch.items()})
+                       if p else "-"),
         "plan-fid": fmt(desc["fid"]) if desc else "-",
         "plan-overloaded": ("yes" if desc["overloaded"] else "no") if desc else "-",
         "demand": fmt(st.beat.get("demand")),
@@ -245,7 +238,7 @@ def profile_view(table: ProfileTable, active: str | None,
             points.append(ScatterPoint(key, c.service_s, c.fid, i in front,
                                        f"r={c.router_ratio:g} d={c.disc_ratio:g}: "
                                        f"{ylabel} {c.fid:.4g}, {c.service_s:.3g} s/query"))
-        light, heavy = _name(reg, pair[0]), _name(reg, pair[1])
+        light, heavy = model_name(reg, pair[0]), model_name(reg, pair[1])
         plot = svg_scatter(f"{light} → {heavy}: {ylabel} vs service seconds per query",
                            points, active, "service seconds per query (batch 1)", ylabel)
         out.append(PairView(light, heavy, rows, len(front), pair == active_pair, plot))

@@ -174,14 +174,21 @@ def _num(x: float | None) -> float | str | None:
     return x
 
 
+def model_name(registry: Registry, mid: int | None) -> str:
+    """A model's display name; its id when the registry does not know it, "-" for none."""
+    if mid is None:
+        return "-"
+    try:
+        return registry.get(mid).name
+    except KeyError:
+        return str(mid)
+
+
 def describe(row: QueryRow, registry: Registry, base: str = "") -> dict:
     """The public JSON of a query (``GET /v1/generations/<id>``)."""
 
     def name(m: int) -> str:
-        try:
-            return registry.get(m).name
-        except KeyError:
-            return str(m)
+        return model_name(registry, m)
 
     def ok(x: float | None) -> float | None:
         return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
@@ -213,10 +220,7 @@ def describe_plan(row: PlanRow, registry: Registry) -> dict:
     batch sizes it published, and its predicted FID."""
 
     def model(m: int) -> dict:
-        try:
-            return {"id": m, "name": registry.get(m).name}
-        except KeyError:
-            return {"id": m, "name": str(m)}
+        return {"id": m, "name": model_name(registry, m)}
 
     live, body = row.live or {}, row.body or {}
     return {

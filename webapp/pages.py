@@ -43,7 +43,14 @@ from hadis_celery.deployment import load_table
 from hadis_celery.models import QueryRow
 from hadis_celery.router.prompt import MAX_PROMPT_CHARS
 from webapp import dashboard as dash
-from webapp.frontdoor import ApiError, FrontDoor, describe, log_refused, parse_request
+from webapp.frontdoor import (
+    ApiError,
+    FrontDoor,
+    describe,
+    log_refused,
+    model_name,
+    parse_request,
+)
 from webapp.plots import svg_plot
 
 FINAL = ("done", "dropped", "failed")
@@ -211,20 +218,12 @@ def gallery():
                          .where(QueryRow.status == "done")
                          .order_by(QueryRow.finished_at.desc()).limit(GALLERY_SIZE)).all()
     reg = _door().registry
-    items = [{"id": r.id, "prompt": r.prompt, "model": _name(reg, r.served_model),
+    items = [{"id": r.id, "prompt": r.prompt, "model": model_name(reg, r.served_model),
               "quality": r.quality,
               "latency": None if r.finished_at is None else r.finished_at - r.received_at}
              for r in rows]
     return render_template("gallery.html", items=items)
 
-
-def _name(reg, mid: int | None) -> str:
-    if mid is None:
-        return "-"
-    try:
-        return reg.get(mid).name
-    except KeyError:
-        return str(mid)
 
 
 def _refresh_s() -> int:

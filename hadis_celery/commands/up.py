@@ -29,20 +29,9 @@ class Child:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM the child's process group, SIGKILL what is left after ``grace_s``."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(grace_s)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        from hadis_celery.procs import stop_group
+
+        stop_group(self.proc, grace_s)
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,17 +42,9 @@ def child_env(s) -> dict[str, str]:
     checkout on the path (an editable install made before ``webapp/`` existed misses it)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.update({
-        "HADIS_DATABASE_URL": s.database_url, "HADIS_BROKER_URL": s.broker_url,
-        "HADIS_IMAGE_DIR": str(Path(s.image_dir).resolve()),
-        "HADIS_TIME_FACTOR": repr(s.time_factor), "HADIS_PLAN_PERIOD_S": repr(s.plan_period_s),
-        "HADIS_PROFILE": str(s.profile), "HADIS_PLANNER": s.planner, "HADIS_SOLVER": s.solver,
-        "HADIS_SLO_S": repr(s.slo_s), "HADIS_DEMAND_HALF_LIFE_S": repr(s.demand_half_life_s),
-        "HADIS_SWAP_DELAY_S": repr(s.swap_delay_s),
-        "HADIS_RATE_LIMIT_PER_MIN": str(s.rate_limit_per_min),
-        "HADIS_WORKERS": str(s.worker_budget),
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-    })
+    env.update(s.to_env())
+    env.update({"HADIS_IMAGE_DIR": str(Path(s.image_dir).resolve()),
+                "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     return env
 
 

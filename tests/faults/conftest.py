@@ -239,21 +239,9 @@ def fault_env(s: Settings, **extra: object) -> dict[str, str]:
     """The environment that makes a worker subprocess see settings ``s`` (plus ``extra``
     variables, e.g. ``HADIS_BACKEND``)."""
     env = dict(os.environ)
-    env.update({
-        "HADIS_DATABASE_URL": s.database_url, "HADIS_BROKER_URL": s.broker_url,
-        "HADIS_REDIS_URL": s.redis_url, "HADIS_IMAGE_DIR": str(s.image_dir),
-        "HADIS_TIME_FACTOR": str(s.time_factor), "HADIS_HEARTBEAT_S": str(s.heartbeat_s),
-        "HADIS_PLAN_PERIOD_S": str(s.plan_period_s), "HADIS_SOLVER": s.solver,
-        "HADIS_RATE_LIMIT_PER_MIN": str(s.rate_limit_per_min),
-        "HADIS_LEASE_S": str(s.lease_s), "HADIS_SWEEP_PERIOD_S": str(s.sweep_period_s),
-        "HADIS_MAX_ATTEMPTS": str(s.max_attempts), "HADIS_SQL_RETRY_S": str(s.sql_retry_s),
-        "HADIS_TASK_TIMEOUT_MIN_S": str(s.task_timeout_min_s),
-        "HADIS_TASK_TIMEOUT_FACTOR": str(s.task_timeout_factor),
-        "HADIS_TASK_HARD_TIMEOUT_S": str(s.task_hard_timeout_s),
-        "HADIS_SWAP_DELAY_S": str(s.swap_delay_s), "HADIS_BACKEND": s.backend,
-        "HADIS_LOG_FORMAT": "json",
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-    })
+    env.update(s.to_env())
+    env.update({"HADIS_LOG_FORMAT": "json", "OPENBLAS_NUM_THREADS": "1",
+                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import redis
 import sqlalchemy as sa
 
 from hadis_celery import db
+from hadis_celery.procs import stop_group as stop_process
 from hadis_celery.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,33 +57,9 @@ def make_settings(db_url: str, image_dir: Path, **kw) -> Settings:
 def settings_env(s: Settings) -> dict[str, str]:
     """The environment that makes a subprocess see settings ``s``."""
     env = dict(os.environ)
-    env.update({
-        "HADIS_DATABASE_URL": s.database_url, "HADIS_BROKER_URL": s.broker_url,
-        "HADIS_REDIS_URL": s.redis_url, "HADIS_IMAGE_DIR": str(s.image_dir),
-        "HADIS_TIME_FACTOR": str(s.time_factor), "HADIS_HEARTBEAT_S": str(s.heartbeat_s),
-        "HADIS_PLAN_PERIOD_S": str(s.plan_period_s), "HADIS_SOLVER": s.solver,
-        "HADIS_RATE_LIMIT_PER_MIN": str(s.rate_limit_per_min),
-        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-    })
+    env.update(s.to_env())
+    env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     return env
-
-
-def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the process group we started, then SIGKILL what is left."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(5)
 
 
 @dataclass

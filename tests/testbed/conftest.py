@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from hadis_celery.procs import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER = "redis://127.0.0.1:6379/11"
@@ -43,18 +44,7 @@ def wait_for(pred: Callable[[], object], timeout_s: float, what: str):
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group we started, SIGKILL what is left."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(5)
+    stop_group(proc)
 
 
 @dataclass
