@@ -37,12 +37,16 @@ def reference_path(*parts: str) -> Path:
 
 
 def read_prompts(path: str | os.PathLike[str]) -> list[str]:
-    """One prompt per line; blank lines are kept so that line numbers stay prompt indices."""
+    """One prompt per line; blank lines are kept so that line numbers stay prompt indices.
+
+    Lines end at ``\n`` only (a CRLF ending loses its ``\r``): a lone carriage return
+    inside a prompt must not split it and shift every later index by one.
+    """
     p = Path(path)
     if not p.is_file():
         raise ReferenceDataError(f"{p}: no such prompt file")
-    with p.open(encoding="utf-8", errors="replace") as fh:
-        return [line.rstrip("\r\n") for line in fh]
+    with p.open(encoding="utf-8", errors="replace", newline="\n") as fh:
+        return [line.removesuffix("\n").removesuffix("\r") for line in fh]
 
 
 def read_quality_scores(path: str | os.PathLike[str], n_prompts: int | None = None) -> np.ndarray:

@@ -3,9 +3,11 @@
 The ImageNet captions carry recorded discriminator scores for every model. Other prompt
 sets (the DiffusionDB prompts of the hardness-shift experiment) have none, so their
 scores are *derived*: per model, a least-squares fit on the ImageNet set of the log-odds
-score against the router's eight normalised features (each clipped to the range the
-ImageNet prompts span, so long DiffusionDB prompts are not extrapolated far beyond what
-was measured), plus a residual vector resampled
+score against the eight prompt features, counted with the ``refined`` definitions
+whatever feature set the router profile uses (the simulated world must not change when
+the router's configuration does), each clipped to the range the ImageNet prompts span,
+so long DiffusionDB prompts are not extrapolated far beyond what was measured, plus a
+residual vector resampled
 jointly across models from the ImageNet fit (a random ImageNet prompt's residuals, so the
 models' scores keep their measured correlation). A derived set inherits only what the
 features explain on ImageNet, which is little: the shift it shows comes mostly from the
@@ -20,10 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hadis_celery.router import HardnessRouter
+from hadis_celery.router.features import REFINED
 from hadis_celery.router.prompt import validate_prompt
 from hadis_celery.router.tuning import log_odds
 from sim.engine import Workload
 from sim.trace import Trace
+
+QUALITY_FEATURES = REFINED  # what derived quality is fitted on (module doc)
 
 
 @dataclass(frozen=True)
@@ -65,17 +70,22 @@ def derived_set(name: str, prompts: Sequence[str], router: HardnessRouter, base:
                 seed: int = 0) -> PromptSet:
     """A prompt set whose quality scores are derived from ``base`` (see module doc)."""
     texts = valid_prompts(prompts)
-    feats = router.features_many(texts)
+    fx = router.extractor
+    docs = fx.parse_many(texts)
+    feats = np.array([fx.features_of(d, router.profile.features) for d in docs])
     scores = router.score_many(texts)
-    profile = router.profile
-    mean, std = np.asarray(profile.mean), np.asarray(profile.std)
+    # The quality model's own features (module doc), independent of the router profile.
+    qf = np.array([fx.features_of(d, QUALITY_FEATURES) for d in docs])
+    qf_base = fx.extract_many(base.prompts, features=QUALITY_FEATURES)
+    mean, std = qf_base.mean(axis=0), qf_base.std(axis=0)
+    std[~(std > 0)] = 1.0
 
-    lo, hi = base.features.min(axis=0), base.features.max(axis=0)
+    lo, hi = qf_base.min(axis=0), qf_base.max(axis=0)
 
     def design(f: np.ndarray) -> np.ndarray:
         return np.hstack([np.ones((len(f), 1)), (np.clip(f, lo, hi) - mean) / std])
 
-    xb, xn = design(base.features), design(feats)
+    xb, xn = design(qf_base), design(qf)
     models = sorted(base.quality)
     yb = np.stack([log_odds(base.quality[m]) for m in models], axis=1)
     coef, *_ = np.linalg.lstsq(xb, yb, rcond=None)

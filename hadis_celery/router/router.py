@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hadis_celery.router.features import FEATURE_NAMES, FeatureExtractor
+from hadis_celery.router.language import unreadable_reason
 from hadis_celery.router.profile import RouterProfile, tie_break
 from hadis_celery.router.prompt import validate_prompt
 
@@ -17,18 +18,34 @@ from hadis_celery.router.prompt import validate_prompt
 class HardnessRouter:
     """Scores prompts (higher = harder) and routes those above θ to the heavy model.
 
-    Features of recently seen prompts are kept in a bounded LRU cache keyed by the
-    validated text, so a retried or popular prompt is parsed once.
+    Features are counted with the profile's feature set. Prompts the English features
+    cannot read (``language.unreadable_reason``) are not parsed for their score: they get
+    the profile's ``unreadable_score``. Features of recently seen prompts are kept in a
+    bounded LRU cache keyed by the validated text, so a retried or popular prompt is
+    parsed once.
     """
 
     def __init__(
         self, profile: RouterProfile, extractor: FeatureExtractor, cache_size: int = 4096
     ) -> None:
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
         self.profile = profile
         self.extractor = extractor
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+
+    @property
+    def profile(self) -> RouterProfile:
+        return self._profile
+
+    @profile.setter
+    def profile(self, profile: RouterProfile) -> None:
+        """A new profile; cached features are dropped when its feature set differs."""
+        with self._lock:
+            if getattr(self, "_profile", None) is None or self._profile.features != (
+                    profile.features):
+                self._cache.clear()
+            self._profile = profile
 
     @classmethod
     def from_paths(
@@ -64,7 +81,7 @@ class HardnessRouter:
     def _features_text(self, text: str) -> np.ndarray:
         feats = self._cached(text)
         if feats is None:
-            feats = self.extractor.extract(text)
+            feats = self.extractor.extract(text, self._profile.features)
             self._remember(text, feats)
         return feats
 
@@ -96,7 +113,8 @@ class HardnessRouter:
             else:
                 out[i] = hit
         if missing:
-            fresh = self.extractor.extract_many([texts[i] for i in missing], batch_size)
+            fresh = self.extractor.extract_many([texts[i] for i in missing], batch_size,
+                                                self._profile.features)
             out[missing] = fresh
             for i, row in zip(missing[-self.cache_size :], fresh[-self.cache_size :], strict=True):
                 self._remember(texts[i], row)
@@ -104,13 +122,27 @@ class HardnessRouter:
 
     # -- scores --------------------------------------------------------------------------
     def score(self, prompt: object) -> float:
+        """Hardness of one prompt (``ValueError`` for bad input)."""
         text = validate_prompt(prompt)
-        return self.profile.score(self._features_text(text), text)
+        profile = self._profile
+        if unreadable_reason(text):
+            return profile.unreadable_score(text)
+        return profile.score(self._features_text(text), text)
 
     def score_many(self, prompts: Sequence[object], batch_size: int = 256) -> np.ndarray:
+        """Scores of many prompts, each pipeline stage batched over the readable ones."""
         texts = self._validate_all(prompts)
-        feats = self._features_texts(texts, batch_size)
-        return self.profile.raw_scores(feats) + np.array([tie_break(t) for t in texts])
+        profile = self._profile
+        unreadable = [i for i, t in enumerate(texts) if unreadable_reason(t)]
+        out = np.empty(len(texts))
+        if unreadable:
+            out[unreadable] = [profile.unreadable_score(texts[i]) for i in unreadable]
+        readable = sorted(set(range(len(texts))) - set(unreadable))
+        if readable:
+            rtexts = [texts[i] for i in readable]
+            feats = self._features_texts(rtexts, batch_size)
+            out[readable] = profile.raw_scores(feats) + np.array([tie_break(t) for t in rtexts])
+        return out
 
     def threshold_for(self, router_ratio: float) -> float:
         return self.profile.threshold_for(router_ratio)

@@ -31,7 +31,43 @@ def test_fit_then_score(tmp_path, reference, lexicon_path):
     assert [row["index"] for row in rows] == [0, 1, 2, 3, 4]
     assert "empty" in rows[1]["error"] and "empty" in rows[2]["error"]
     assert rows[4]["features"]["named_entities"] == 2
-    assert rows[3]["features"]["spatial_relations"] == 1
+    # artifact features (the default): "next to" and its "to" both count
+    assert rows[3]["features"]["spatial_relations"] == 2
+
+
+def test_fit_options_are_saved_and_shown(tmp_path, lexicon_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a dog on a sofa\na man riding a horse next to a barn\na red ball\n")
+    mix = tmp_path / "mix.txt"
+    mix.write_text("a highly detailed, intricate portrait of a wizard, by greg rutkowski\n")
+    out = tmp_path / "router.json"
+    r = run("router", "fit", "--prompts", str(prompts), "--out", str(out), "--lexicon",
+            str(lexicon_path), "--features", "refined", "--normalise", "quantile",
+            "--mix", str(mix), "--unreadable-quantile", "0.8")
+    assert r.exit_code == 0, r.output
+    profile = RouterProfile.load(out)
+    assert (profile.features, profile.normalise, profile.unreadable_quantile) == (
+        "refined", "quantile", 0.8)
+    assert profile.fit_size == 3 and profile.norm_size == 4
+    r = run("router", "show", "--profile", str(out))
+    assert "features: refined; normalisation: quantile over 4 prompts" in r.output
+    r = CliRunner().invoke(main, ["router", "fit", "--prompts", str(prompts), "--out",
+                                  str(out), "--features", "paper"])
+    assert r.exit_code == 2 and "'paper' is not one of 'artifact', 'refined'" in r.output
+
+
+def test_score_splits_on_newlines_only(tmp_path, lexicon_path):
+    """A lone carriage return inside a line used to split it: every later row shifted."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes("a dog\ron a sofa\r\n富士山の写真\nBarack Obama in Paris\n"
+                        .encode())
+    r = run("router", "score", "--prompts", str(prompts), "--lexicon", str(lexicon_path))
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    assert rows[0]["features"]["prompt_length"] == 5  # "a dog on a sofa", one prompt
+    assert rows[1]["unreadable"] == "non-latin"
+    assert rows[2]["features"]["named_entities"] == 2 and "unreadable" not in rows[2]
 
 
 def test_tune_writes_profile(tmp_path, reference, lexicon_path):
