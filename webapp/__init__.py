@@ -6,25 +6,28 @@ Views are thin: ``webapp.frontdoor`` holds the logic. Every ``/v1`` error is JSO
 ``Retry-After``, anything unforeseen a 500 in the same shape (never a stack trace). The
 same errors on a ``/ui`` page are an HTML page. Every submission's outcome is one
 structured log record (``query.accepted`` / ``query.refused``, ``hadis_celery.logs``).
+Keys, ownership and the login session: ``webapp.auth``.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import logging
 import re
 import time
-from pathlib import Path
 
 import redis.exceptions
-from flask import Flask, Response, current_app, g, jsonify, request, send_file
+from flask import Flask, Response, current_app, g, jsonify, redirect, request, send_file, session
+from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from hadis_celery.logs import event
 from hadis_celery.settings import Settings, settings
+from webapp import auth
 from webapp.frontdoor import (
     RETRY_AFTER_S,
     ApiError,
@@ -35,6 +38,7 @@ from webapp.frontdoor import (
     parse_request,
 )
 from webapp.openapi import openapi_document
+from webapp.readiness import model_readiness, readiness
 
 log = logging.getLogger(__name__)
 ID_RE = re.compile(r"[0-9a-f]{32}")  # fullmatch only: "$" would let a trailing newline in
@@ -75,6 +79,50 @@ def _door() -> FrontDoor:
     return current_app.extensions["hadis"]
 
 
+AMBIGUOUS = "hadis.ambiguous_length"
+DRAIN_BYTES = 1 << 20  # read past an oversize chunked body, so the 413 reaches the client
+
+
+class ChunkedBodyLimit:
+    """WSGI middleware for bodies without a Content-Length. Werkzeug cuts a chunked body at
+    the app's limit without saying so (the truncated JSON then answers 400); here the body
+    is read up to ``cap + 1`` bytes and handed on with its length, so every route's own
+    limit answers 413. A request with both Content-Length and Transfer-Encoding (a request
+    smuggling shape) is marked and refused with 400 by the app."""
+
+    def __init__(self, app, cap: int) -> None:
+        self.app, self.cap = app, cap
+
+    def __call__(self, environ, start_response):
+        te = environ.get("HTTP_TRANSFER_ENCODING", "")
+        if te and environ.get("CONTENT_LENGTH"):
+            environ[AMBIGUOUS] = True
+            return self.app(environ, _closing(start_response))
+        if "chunked" in te.lower() and environ.get("wsgi.input_terminated"):
+            stream = environ["wsgi.input"]
+            body = stream.read(self.cap + 1)
+            environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            del environ["HTTP_TRANSFER_ENCODING"]
+            if len(body) > self.cap:  # answered 413; the rest is read (bounded), not parsed
+                left = DRAIN_BYTES
+                while left > 0 and (chunk := stream.read(min(left, 65536))):
+                    left -= len(chunk)
+                return self.app(environ, _closing(start_response))
+        return self.app(environ, start_response)
+
+
+def _closing(start_response):
+    """``start_response`` that ends the connection after this response (its body was not
+    read to the end, or its framing is ambiguous)."""
+
+    def sr(status, headers, exc_info=None):
+        headers = [(k, v) for k, v in headers if k.lower() != "connection"]
+        return start_response(status, [*headers, ("Connection", "close")], exc_info)
+
+    return sr
+
+
 def one_blas_thread() -> None:
     """One BLAS thread for the router's matrix products: on a busy machine OpenBLAS threads
     fight each other and a 12 ms prompt parse becomes 80 ms (measured on 2 cores)."""
@@ -83,6 +131,26 @@ def one_blas_thread() -> None:
     except ImportError:
         return
     threadpool_limits(1, user_api="blas")
+
+
+def rate_limiter(app: Flask, s: Settings) -> Limiter | None:
+    """The per-client limit on submissions (``HADIS_RATE_LIMIT_PER_MIN``, 0: none): a moving
+    window in Redis shared by every front-door process, checked in ``before_request`` (so a
+    refused request costs one Redis round trip, not a parse), over ``POST /v1/generations``
+    and ``POST /ui/generate`` together, keyed by API key when keys are set, else by the
+    client's address (``HADIS_TRUSTED_PROXIES``: the forwarded one)."""
+    if s.rate_limit_per_min <= 0:
+        return None
+    limiter = Limiter(
+        key_func=lambda: g.get("client") or request.remote_addr or "?",
+        application_limits=[f"{s.rate_limit_per_min}/minute"],
+        application_limits_exempt_when=lambda: not (
+            request.method == "POST" and request.path in SUBMIT_PATHS),
+        strategy="moving-window", storage_uri=s.state_url, key_prefix="hadis:rl",
+        storage_options={"socket_connect_timeout": 1, "socket_timeout": 2},
+        headers_enabled=False, swallow_errors=False)
+    limiter.init_app(app)
+    return limiter
 
 
 def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Flask:
@@ -97,6 +165,7 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     one_blas_thread()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = s.max_request_bytes
+    app.config.update(SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_HTTPONLY=True)
     app.json.sort_keys = False
     reg = load_table(s).registry
     router = router or load_router(s)
@@ -106,29 +175,67 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
     app.extensions["hadis"] = door
     from webapp import metrics, pages
 
+    keys = auth.Keys(s.api_keys, s.operator_keys)
+    app.extensions["hadis_keys"] = keys
     pages.register(app)
     metrics.register(app, door)
-    image_dir = Path(s.image_dir).resolve()
+    from hadis_celery.imagestore import image_store
+
+    images = image_store(s)  # a folder or an fsspec URL shared with the workers
+    app.wsgi_app = ChunkedBodyLimit(app.wsgi_app, max(s.max_request_bytes,
+                                                      pages.FORM_MAX_BYTES))
+    if s.trusted_proxies > 0:  # X-Forwarded-For/-Proto from that many proxies in front
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=s.trusted_proxies,
+                                x_proto=s.trusted_proxies)
 
     @app.before_request
     def _auth():
         g.t0 = time.time()
-        if not s.api_keys or not request.path.startswith(("/v1/generations", "/v1/images")):
-            g.client = request.remote_addr or "?"
+        g.client = request.remote_addr or "?"
+        g.principal = auth.OPEN
+        if request.environ.get(AMBIGUOUS):
+            return _error(400, "ambiguous_length", "the request has both Content-Length and "
+                          "Transfer-Encoding; send one of them")
+        if not keys.required:
             return None
-        key = request.headers.get("X-API-Key", "")
-        auth = request.headers.get("Authorization", "")
-        if not key and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
-        if key not in s.api_keys:
-            return _error(401, "unauthorized", "a valid API key is required "
-                          "(header X-API-Key or Authorization: Bearer)")
-        g.client = "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = request.path
+        sent = auth.header_key(request.headers.get("X-API-Key"),
+                               request.headers.get("Authorization"))
+        p = keys.by_key(sent) if sent else None
+        if p is None and not sent and auth.session_counts(path):
+            p = keys.by_id(session.get("key_id"))
+        if p is None:
+            g.principal = auth.ANONYMOUS
+            if auth.is_public(path):
+                return None
+            if pages.is_page(path) and request.method == "GET" and not sent:
+                return redirect(pages.login_url(request.full_path), 303)
+            resp = _error(401, "unauthorized", "a valid API key is required (header "
+                          "X-API-Key or Authorization: Bearer; the web pages: /ui/login)")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="hadis"'
+            return resp
+        g.principal, g.client = p, p.client
+        if auth.needs_operator(path) and not p.operator:
+            return _error(403, "forbidden", "this page needs an operator key "
+                          "(HADIS_OPERATOR_KEYS)")
         return None
+
+    limiter = rate_limiter(app, s)  # after _auth: the limit is keyed by its g.client
+
+    def _owned(row):
+        """The row, or 404 when the caller may not read it (as if it did not exist)."""
+        if row is None or not auth.can_read(g.principal, row.owner):
+            raise ApiError(404, "not_found", "no generation with this id")
+        return row
 
     @app.post("/v1/generations")
     def create_generation():
-        raw = request.get_data(cache=False)
+        raw = request.get_data(cache=False)  # first: an oversize body is 413 whatever its type
+        if request.mimetype != "application/json":  # a cross-site form cannot send this type
+            raise ApiError(415, "unsupported_media_type", "send the body as JSON with "
+                           "Content-Type: application/json")
         try:
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, ValueError):
@@ -138,7 +245,7 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
         if body is None:
             raise ApiError(400, "invalid_json", "the body is empty; send a JSON object")
         req = parse_request(body, s.max_slo_s)
-        row, added = _door().submit(req, g.client, g.t0)
+        row, added = _door().submit(req, g.client, g.t0, owner=g.principal.owner)
         out = describe(row, reg)
         resp = jsonify(out)
         resp.status_code = 202
@@ -152,9 +259,7 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
 
         if not ID_RE.fullmatch(qid):
             raise ApiError(404, "not_found", "no generation with this id")
-        row = store.get_query(_door().engine, qid)
-        if row is None:
-            raise ApiError(404, "not_found", "no generation with this id")
+        row = _owned(store.get_query(_door().engine, qid))
         return jsonify(describe(row, reg))
 
     @app.get("/v1/plans/<plan_id>")
@@ -185,15 +290,16 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
         m = IMAGE_RE.fullmatch(name)
         if not m:
             raise ApiError(404, "not_found", "no image with this name (expected <id>.png)")
-        row = store.get_query(_door().engine, m.group(1))
-        if row is None:
-            raise ApiError(404, "not_found", "no generation with this id")
+        row = _owned(store.get_query(_door().engine, m.group(1)))
         if row.status != "done" or not row.image:
             raise ApiError(409, "not_ready", f"the generation is {row.status}, not done")
-        path = image_dir / f"{m.group(1)}.png"  # built from the checked id only
-        if not path.is_file():
-            raise ApiError(404, "image_missing", "the image file is gone from the image folder")
-        return send_file(path, mimetype="image/png", max_age=3600)
+        try:  # the name is built from the checked id only
+            data = images.open(f"{m.group(1)}.png")
+        except FileNotFoundError:
+            raise ApiError(404, "image_missing", "the image file is gone from the image "
+                                                 "store") from None
+        return send_file(data, mimetype="image/png", max_age=3600,
+                         download_name=f"{m.group(1)}.png")
 
     @app.get("/v1/openapi.json")
     def openapi():
@@ -219,17 +325,70 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
             out["plan_id"] = plan.plan_id if plan else None
         except Exception:
             out["plan_id"] = None
-        ok = out["redis"] == "ok" and out["sql"] == "ok"
+        try:  # set by a worker that could not write an image (hadis_celery.live)
+            fault = door.live.storage_fault()
+            out["storage"] = "ok" if fault is None else f"unwritable: {fault.get('errno', '?')}"
+        except Exception:
+            out["storage"] = "unknown"
+        ok = (out["redis"] == "ok" and out["sql"] == "ok"
+              and not out["storage"].startswith("unwritable"))
         resp = jsonify(out)
         resp.status_code = 200 if ok else 503
         if not ok:
             resp.headers["Retry-After"] = str(RETRY_AFTER_S)
         return resp
 
+    @app.get("/livez")
+    def livez():
+        return jsonify({"live": True})
+
+    def _checks() -> tuple[dict, list[dict]]:
+        """Each readiness check's outcome, and the models' readiness (``webapp.readiness``)."""
+        from sqlalchemy import text
+
+        door = _door()
+        checks = {"redis": "ok", "sql": "ok", "plan": "ok", "workers": "ok"}
+        plan, workers = None, {}
+        try:
+            plan = door.live.get_plan()
+            workers = door.live.live_workers()
+            if plan is None:
+                checks["plan"] = "no plan is published (is the beat running?)"
+            if not workers:
+                checks["workers"] = "no worker heartbeat is alive"
+        except Exception as exc:
+            checks["redis"] = f"down: {type(exc).__name__}"
+            checks["plan"] = checks["workers"] = "unknown (Redis is down)"
+        try:
+            with door.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            checks["sql"] = f"down: {type(exc).__name__}"
+        return checks, model_readiness(reg, plan, workers)
+
+    @app.get("/readyz")
+    def readyz():
+        ok, body = readiness(*_checks())
+        resp = jsonify(body)
+        resp.status_code = 200 if ok else 503
+        if not ok:
+            resp.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return resp
+
+    @app.get("/v1/models/readiness")
+    def models_readiness():
+        checks, models = _checks()
+        if checks["redis"] != "ok":
+            raise ApiError(503, "redis_unavailable", "the queue (Redis) is unavailable; "
+                           "worker heartbeats cannot be read", RETRY_AFTER_S)
+        return jsonify({"models": models})
+
     @app.get("/")
     def index():
         return jsonify({"name": "HADIS-Celery front door", "openapi": "/v1/openapi.json",
                         "create": "POST /v1/generations", "health": "/v1/health",
+                        "live": "/livez", "ready": "/readyz",
+                        "models": "/v1/models/readiness",
                         "web": "/ui/", "dashboard": "/ui/dashboard", "metrics": "/metrics"})
 
     @app.errorhandler(ApiError)
@@ -237,9 +396,21 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
         fields = {"down": "plan"} if exc.code == "no_plan" else {}
         return _error(exc.status, exc.code, exc.message, exc.retry_after, **fields)
 
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded):
+        retry = 60
+        try:  # when the oldest request of the window leaves it (one more round trip)
+            if limiter is not None and limiter.current_limit is not None:
+                retry = int(limiter.current_limit.reset_at - time.time()) + 1
+        except Exception:
+            pass
+        return _error(429, "rate_limited", f"more than {s.rate_limit_per_min} requests a "
+                      "minute from this client", max(1, min(retry, 61)))
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed"}.get(
+        code = {413: "request_too_large", 404: "not_found", 405: "method_not_allowed",
+                415: "unsupported_media_type"}.get(
             exc.code or 500, (exc.name or "error").lower().replace(" ", "_"))
         msg = (f"the request body is larger than {s.max_request_bytes} bytes"
                if exc.code == 413 else exc.description or exc.name)
@@ -269,5 +440,10 @@ def create_app(s: Settings | None = None, *, router=None, celery_app=None) -> Fl
                           down=type(exc).__name__)
         log.exception("unexpected error")
         return _error(500, "internal_error", "unexpected error; it was logged")
+
+    @app.after_request
+    def _nosniff(resp: Response) -> Response:
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
 
     return app

@@ -34,6 +34,7 @@ from webapp.plots import (
     per_minute,
     svg_scatter,
 )
+from webapp.readiness import model_readiness
 
 FINAL = ("done", "dropped", "failed")
 WINDOW_S = 3600.0  # the plots show the last hour
@@ -78,6 +79,7 @@ class State:
     workers: dict[str, dict] = field(default_factory=dict)
     history: list[PlanRow] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)  # webapp.readiness.model_readiness
 
 
 def collect(door: FrontDoor, now: float | None = None) -> State:
@@ -88,6 +90,7 @@ def collect(door: FrontDoor, now: float | None = None) -> State:
         st.queues = door.live.queue_lengths(model_queues(door.registry))
         st.beat = door.live.get_json(BEAT_KEY) or {}
         st.workers = door.live.live_workers()
+        st.models = model_readiness(door.registry, st.plan, st.workers)
     except (redis.exceptions.RedisError, OSError, ValueError) as exc:
         st.errors.append(f"Redis unavailable ({type(exc).__name__})")
     try:
@@ -166,8 +169,9 @@ def view(st: State, reg: Registry, table: ProfileTable, refresh_s: int = 0) -> d
         d = describe_plan(h, reg)
         history.append([str(d["id"]), h.created.strftime("%Y-%m-%d %H:%M:%S")
                         if h.created else "", d["planner"],
-                        f"{d['light']['name']} → {d['heavy']['name']}", fmt(d["theta"]),
-                        fmt(d["tau"]), _pairs(d["workers"]), fmt(d["demand"]), fmt(d["fid"]),
+                        f"{d['light']['name']} → {d['heavy']['name']}",
+                        fmt((h.live or {}).get("theta")), fmt((h.live or {}).get("tau")),
+                        _pairs(d["workers"]), fmt(d["demand"]), fmt(d["fid"]),
                         "yes" if d["overloaded"] else "no"])
     active = active_row(table, active_config(st))
     text["active-row-note"] = (" (the active plan's configuration is not a row of this "
@@ -176,11 +180,22 @@ def view(st: State, reg: Registry, table: ProfileTable, refresh_s: int = 0) -> d
         "now": round(st.now, 3), "refresh_s": refresh_s, "errors": list(st.errors),
         "text": text, "hidden": {"plan-table": p is None, "no-plan": p is not None},
         "queues": [[q, str(n)] for q, n in sorted(st.queues.items())],
+        "models": [readiness_row(m) for m in st.models],
         "history": history, "plot_titles": [viol.title, qual.title],
         "plots": [g.to_json() for g in plots], "geometry": plots,
         "active_row": active,
         "active_pair": [p.light, p.heavy] if p else None,
     }
+
+
+def readiness_row(m: dict) -> list[str]:
+    """A model's line on the dashboard: name, workers per queue (live / planned), in the
+    plan, and its readiness word."""
+    queues = "; ".join(f"{q}: {v['live_workers']} live / {v['planned_workers']} planned"
+                       for q, v in m["queues"].items()
+                       if v["live_workers"] or v["planned_workers"]) or "no worker"
+    word = "ready" if m["ready"] else ("NOT READY" if m["in_plan"] else "idle")
+    return [m["name"], queues, "yes" if m["in_plan"] else "no", word]
 
 
 def json_view(v: dict) -> dict:

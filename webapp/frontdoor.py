@@ -2,18 +2,22 @@
 
 Order of work for ``POST /v1/generations`` (SQL is the record, Redis the transport):
 
+0. the per-client rate limit (``flask-limiter``, a moving window in Redis), before the body
+   is read (``create_app``);
 1. validate the body (``parse_request``) and score the prompt with the router;
-2. one Redis round trip: the active plan and this client's rate-limit window;
+2. one Redis round trip: the active plan and the image store's fault flag;
 3. route the prompt (``policy.route``: score vs θ of the active plan), stamp the deadline;
-4. write the query row (status ``queued``);
-5. send the Celery message; if that fails the row is deleted and the client gets 503,
-   so nothing is half-written (and a row whose message is lost later is re-sent by the
+4. write the query row (status ``queued``), one Core ``INSERT``;
+5. send the Celery message with the demand counters, one Redis round trip
+   (``webapp.publish``); if that fails the row is deleted and the client gets 503, so
+   nothing is half-written (and a row whose message is lost later is re-sent by the
    sweeper).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import numbers
@@ -25,9 +29,10 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from hadis_celery import policy, store
-from hadis_celery.live import LiveState
+from hadis_celery.live import PLAN_KEY, STORAGE_KEY, LiveState
 from hadis_celery.logs import event
 from hadis_celery.models import PlanRow, QueryRow
+from hadis_celery.policy import ActivePlan
 from hadis_celery.router import validate_prompt
 from hadis_celery.settings import Settings
 from planner.registry import Registry
@@ -99,46 +104,74 @@ def _draw(query_id: str) -> float:
 
 
 class FrontDoor:
-    """Everything ``POST /v1/generations`` touches, injected (tests swap any part)."""
+    """Everything ``POST /v1/generations`` touches, injected (tests swap any part).
+
+    A request costs the router score, one Redis round trip (the plan and the storage
+    flag), one SQL ``INSERT`` (SQLAlchemy Core: the ORM's unit of work cost about three
+    times the statement here) and one Redis round trip for the message and the demand
+    counters (``webapp.publish``). The rate limit is checked before any of it
+    (``flask-limiter``, in ``create_app``)."""
 
     def __init__(self, s: Settings, engine: Engine, live: LiveState, celery_app: Celery,
                  router, registry: Registry) -> None:
+        from webapp.publish import Publisher
+
         self.s, self.engine, self.live, self.celery = s, engine, live, celery_app
         self.router, self.registry = router, registry
+        self.publisher = Publisher(celery_app, live.r, s.state_url)
+        self._insert = QueryRow.__table__.insert()
+        self._plan_raw: bytes | None = None
+        self._plan: ActivePlan | None = None
+
+    def state(self) -> tuple[ActivePlan | None, bool]:
+        """The active plan and whether the image store is faulted: one round trip; the
+        plan is parsed again only when its JSON changed."""
+        pipe = self.live.r.pipeline(transaction=False)
+        pipe.get(PLAN_KEY)
+        pipe.exists(STORAGE_KEY)
+        raw, fault = pipe.execute()
+        if raw is None:
+            return None, bool(fault)
+        if raw != self._plan_raw:  # a race here parses twice, never wrongly
+            self._plan, self._plan_raw = ActivePlan.from_dict(json.loads(raw)), raw
+        return self._plan, bool(fault)
 
     def submit(self, req: GenerationRequest, client: str, received_at: float,
-               via: str = "api") -> tuple[QueryRow, float]:
+               via: str = "api", owner: str | None = None) -> tuple[QueryRow, float]:
         """Accept one request: returns the row and seconds from ``received_at`` to the
-        message being sent, and logs ``query.accepted`` (``via``: api or form). Raises
-        ``ApiError`` (429, 503) or a Redis/SQL error; the caller logs the refusal."""
+        message being sent, and logs ``query.accepted`` (``via``: api or form). ``owner``:
+        the id of the API key that made it (``webapp.auth``), None without keys. Raises
+        ``ApiError`` (503) or a Redis/SQL error; the caller logs the refusal."""
         from workers.serving import send_generate
 
         try:
             score = float(self.router.score(req.prompt))
         except ValueError as exc:
             raise ApiError(400, "invalid_prompt", str(exc)) from None
-        plan, count = self.live.plan_and_rate(client)
-        limit = self.s.rate_limit_per_min
-        if limit > 0 and count > limit:
-            raise ApiError(429, "rate_limited", f"more than {limit} requests a minute from "
-                           "this client", retry_after=int(60 - time.time() % 60) + 1)
+        plan, faulted = self.state()
         if plan is None:
             raise ApiError(503, "no_plan", "no plan is active yet (is the beat running?)",
+                           retry_after=RETRY_AFTER_S)
+        if faulted:  # a worker could not write an image
+            raise ApiError(503, "storage_unavailable", "the image store is full or cannot be "
+                           "written; nothing was recorded, retry later",
                            retry_after=RETRY_AFTER_S)
         qid = store.new_query_id()
         role, queue = policy.route(plan, score, _draw(qid))
         slo = req.slo_s if req.slo_s is not None else self.s.slo_s
         now = time.time()
-        row = QueryRow(
-            id=qid, client=client[:128], prompt=req.prompt,
+        values = dict(
+            id=qid, client=client[:128], owner=owner, prompt=req.prompt,
             seed=req.seed if req.seed is not None else random.randrange(SEED_MAX),
             slo_s=slo, status="queued", queue=queue, route=role, hardness=score,
             theta=plan.theta, tau=plan.tau if role == policy.LIGHT else None,
             plan_id=plan.plan_id or None, models=[], attempts=1, received_at=received_at,
             deadline=received_at + slo, model_s=0.0, updated_at=now)
-        store.insert_query(self.engine, row)
+        with self.engine.begin() as conn:
+            conn.execute(self._insert, values)
         try:
-            send_generate(self.celery, qid, queue, 1)
+            self.publisher.send(qid, queue, 1, time.time(),
+                                lambda: send_generate(self.celery, qid, queue, 1))
         except Exception:
             try:
                 store.delete_query(self.engine, qid)
@@ -146,14 +179,12 @@ class FrontDoor:
                 pass
             raise
         added = time.time() - received_at
-        try:
-            self.live.count_arrival(queue)
-        except Exception:  # accepted already; demand is a little under-counted
-            pass
-        event(log, "query.accepted", query_id=qid, route=role, queue=queue,
-              hardness=_num(round(score, 6)), theta=_num(plan.theta), tau=_num(row.tau),
-              plan_id=row.plan_id, slo_s=slo, client=client[:128], via=via,
-              added_ms=round(added * 1000, 3))
+        row = QueryRow(**values)
+        if log.isEnabledFor(logging.INFO):
+            event(log, "query.accepted", query_id=qid, route=role, queue=queue,
+                  hardness=_num(round(score, 6)), theta=_num(plan.theta), tau=_num(row.tau),
+                  plan_id=row.plan_id, slo_s=slo, client=client[:128], via=via,
+                  added_ms=round(added * 1000, 3))
         return row, added
 
 
@@ -167,11 +198,23 @@ def log_refused(status: int, code: str, message: str, client: str | None, path: 
 
 
 def _num(x: float | None) -> float | str | None:
+    """A number for a log line: ±inf as "inf"/"-inf" strings (strict JSON, still legible)."""
     if x is None:
         return None
     if isinstance(x, float) and not math.isfinite(x):
         return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
     return x
+
+
+def number(x: object) -> float | int | None:
+    """A number for the API: a finite number or null (JSON has no NaN or infinity; an
+    infinite threshold means "no threshold", which ``route``/``router_ratio`` and
+    ``models`` tell; see the OpenAPI document)."""
+    if x is None or isinstance(x, bool):
+        return None
+    if isinstance(x, (int, float)) and math.isfinite(x):
+        return x
+    return None
 
 
 def model_name(registry: Registry, mid: int | None) -> str:
@@ -206,10 +249,12 @@ def describe(row: QueryRow, registry: Registry, base: str = "") -> dict:
         "models": [{"id": m, "name": name(m)} for m in (row.models or [])],
         "served_model": None if row.served_model is None else
         {"id": row.served_model, "name": name(row.served_model)},
-        "hardness": _num(row.hardness), "theta": _num(row.theta), "tau": _num(row.tau),
-        "quality": _num(row.quality), "light_quality": _num(row.light_quality),
-        "clip": _num(row.clip), "slo_s": row.slo_s, "seed": row.seed,
+        "hardness": number(row.hardness), "theta": number(row.theta),
+        "tau": number(row.tau), "quality": number(row.quality),
+        "light_quality": number(row.light_quality), "clip": number(row.clip),
+        "slo_s": number(row.slo_s), "seed": row.seed,
         "timings": timings, "reason": row.reason, "plan_id": row.plan_id,
+        "params": getattr(row, "params", None),  # generation parameters actually used
         "status_url": f"{base}/v1/generations/{row.id}",
         "image_url": f"{base}/v1/images/{row.id}.png" if done else None,
     }
@@ -227,9 +272,11 @@ def describe_plan(row: PlanRow, registry: Registry) -> dict:
         "id": row.id, "planner": row.planner,
         "created": row.created.isoformat() if row.created else None,
         "light": model(row.light), "heavy": model(row.heavy),
-        "theta": _num(live.get("theta")), "tau": _num(live.get("tau")),
-        "router_ratio": body.get("router_ratio"), "disc_ratio": body.get("disc_ratio"),
+        "theta": number(live.get("theta")), "tau": number(live.get("tau")),
+        "router_ratio": number(body.get("router_ratio")),
+        "disc_ratio": number(body.get("disc_ratio")),
         "workers": body.get("workers", {}), "batch": body.get("batch", {}),
-        "demand": _num(row.demand), "fid": _num(row.fid), "overloaded": bool(row.overloaded),
+        "demand": number(row.demand), "fid": number(row.fid),
+        "overloaded": bool(row.overloaded),
         "bindings": row.bindings or {},
     }

@@ -5,8 +5,10 @@ Server-rendered Jinja (autoescaped: a prompt is user text and is never marked sa
 small scripts under ``static/`` that set only ``textContent`` and SVG attributes, and plots
 drawn here as inline SVG (``webapp.plots``), so nothing needs a build step or the network.
 The form is protected by a per-session CSRF token; bad input re-renders the form with a
-message and the typed text, never a stack trace. When the API requires keys the form is
-off (it would otherwise be an unauthenticated way in), the dashboard stays readable.
+message and the typed text, never a stack trace. When the front door requires keys, every
+page but the login form needs one (``webapp.auth``): ``/ui/login`` checks a key and keeps
+its id in the signed session; the pages then show only that key's queries (an operator
+key's: all, and the dashboard).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from urllib.parse import urlsplit
 
 import redis.exceptions
 from flask import (
@@ -42,6 +45,7 @@ from hadis_celery import store
 from hadis_celery.deployment import load_table
 from hadis_celery.models import QueryRow
 from hadis_celery.router.prompt import MAX_PROMPT_CHARS
+from webapp import auth
 from webapp import dashboard as dash
 from webapp.frontdoor import (
     ApiError,
@@ -49,6 +53,7 @@ from webapp.frontdoor import (
     describe,
     log_refused,
     model_name,
+    number,
     parse_request,
 )
 from webapp.plots import svg_plot
@@ -111,8 +116,35 @@ def _form(prompt: str = "", slo: str = "", error: str | None = None, status: int
                     **fields)
     body = render_template("form.html", prompt=prompt, slo=slo, error=error,
                            max_chars=MAX_PROMPT_CHARS, default_slo=door.s.slo_s,
-                           max_slo=door.s.max_slo_s, keys_required=bool(door.s.api_keys))
+                           max_slo=door.s.max_slo_s)
     return body, status
+
+
+def _keys() -> auth.Keys:
+    return current_app.extensions["hadis_keys"]
+
+
+def _principal() -> auth.Principal:
+    """The caller (set by the app's ``before_request``; if it is missing, nobody)."""
+    p = g.get("principal")
+    if p is None:
+        return auth.ANONYMOUS if _keys().required else auth.OPEN
+    return p
+
+
+def login_url(next_path: str = "") -> str:
+    """The login form, coming back to ``next_path`` afterwards."""
+    nxt = _safe_next(next_path)
+    return url_for("pages.login", next=nxt) if nxt else url_for("pages.login")
+
+
+def _safe_next(path: str) -> str:
+    """Only a page of this site (no scheme, no host, no ``//``): never an open redirect."""
+    path = (path or "").rstrip("?")
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc or not path.startswith("/ui/") or "\\" in path:
+        return ""
+    return path
 
 
 @bp.before_request
@@ -136,6 +168,39 @@ def _down(exc: Exception) -> str:
     return "database" if isinstance(exc, DBAPIError) else type(exc).__name__
 
 
+@bp.get("/login")
+def login():
+    if not _keys().required:
+        return redirect(url_for("pages.form"), 303)
+    return render_template("login.html", next=_safe_next(request.args.get("next", ""))), 200
+
+
+@bp.post("/login")
+def login_post():
+    """Check the key (CSRF-checked form); keep its id, never the key, in the session."""
+    nxt = _safe_next(request.form.get("next", ""))
+    if not _keys().required:
+        return redirect(url_for("pages.form"), 303)
+    if not _csrf_ok(request.form.get("csrf_token", "")):
+        return render_template("login.html", next=nxt, error="The form expired or was not "
+                               "sent from this site; please sign in again."), 400
+    p = _keys().by_key(request.form.get("key", "").strip())
+    if p is None:
+        log_refused(401, "bad_key", "login with a wrong key", g.get("client"), request.path)
+        return render_template("login.html", next=nxt, error="This key is not valid."), 401
+    session.clear()  # a new session (and CSRF token) for the signed-in key
+    session["key_id"] = p.owner
+    return redirect(nxt or url_for("pages.form"), 303)
+
+
+@bp.post("/logout")
+def logout():
+    if _csrf_ok(request.form.get("csrf_token", "")):
+        session.clear()
+    return redirect(url_for("pages.login") if _keys().required else url_for("pages.form"),
+                    303)
+
+
 @bp.post("/generate")
 def generate():
     """Validate like the JSON API does, submit, then redirect to the result page."""
@@ -145,9 +210,6 @@ def generate():
     if not _csrf_ok(request.form.get("csrf_token", "")):
         return _form(prompt, slo_text, "The form expired or was not sent from this site; "
                      "please submit it again.", 400, "csrf")
-    if door.s.api_keys:
-        return _form(prompt, slo_text, "This front door requires API keys; the web form is "
-                     "off. Use the JSON API with a key.", 403, "form_off")
     if len(prompt) > MAX_PROMPT_CHARS:
         return _form(prompt, slo_text, f"The prompt is too long: {len(prompt)} characters, "
                      f"at most {MAX_PROMPT_CHARS}.", 400, "prompt_too_long")
@@ -160,7 +222,7 @@ def generate():
                          "invalid_slo")
     try:
         req = parse_request(body, door.s.max_slo_s)
-        row, _ = door.submit(req, g.client, g.t0, via="form")
+        row, _ = door.submit(req, g.client, g.t0, via="form", owner=_principal().owner)
     except ApiError as exc:
         msg = "The prompt is empty." if exc.code == "empty_prompt" else exc.message
         return _form(prompt, slo_text, msg[:1].upper() + msg[1:], exc.status, exc.code)
@@ -175,16 +237,38 @@ def _row_or_404(qid: str) -> QueryRow:
     if len(qid) != ID_LEN or any(c not in "0123456789abcdef" for c in qid):
         abort(404, description="There is no query with this id (ids are 32 hex digits).")
     row = store.get_query(_door().engine, qid)
-    if row is None:
+    if row is None or not auth.can_read(_principal(), row.owner):
         abort(404, description="There is no query with this id.")
     return row
 
 
+def verdict(status: str, finished_at: float | None, deadline: float | None
+            ) -> tuple[str, str]:
+    """What the result page says of the deadline, and its style (``ok``/``late``/``""``).
+    A dropped query counts as a missed deadline (it does in /metrics too), whatever the
+    clock said when it was dropped."""
+    if status == "dropped":
+        return "dropped: missed its deadline", "late"
+    if status == "failed":
+        return "failed: no image", "late"
+    if status != "done" or number(finished_at) is None or number(deadline) is None:
+        return "", ""
+    return (("missed the deadline", "late") if finished_at > deadline
+            else ("within the deadline", "ok"))
+
+
 def _ui_describe(row: QueryRow) -> dict:
-    """The API's description, with the UI's own image URL and the prompt."""
+    """The API's description, with the UI's own image URL, the prompt, the deadline verdict
+    and the display strings of the numbers (the page and ``result.js`` show the same)."""
     out = describe(row, _door().registry)
     out["prompt"] = row.prompt
     out["image_url"] = url_for("pages.image", qid=row.id) if out["image_url"] else None
+    text, kind = verdict(row.status, out["timings"]["finished_at"], row.deadline)
+    out["verdict"] = {"text": text, "kind": kind}
+    out["display"] = {k: dash.fmt(getattr(row, k)) for k in
+                      ("hardness", "theta", "quality", "light_quality", "tau", "clip")}
+    out["display"].update(latency=dash.fmt(out["timings"]["latency_s"]),
+                          slo=dash.fmt(row.slo_s, ".6g"))
     return out
 
 
@@ -204,19 +288,31 @@ def image(qid: str):
     row = _row_or_404(qid)
     if row.status != "done" or not row.image:
         abort(404, description=f"This query has no image: it is {row.status}.")
-    path = os.path.join(os.path.abspath(str(_door().s.image_dir)), f"{row.id}.png")
-    if not os.path.isfile(path):
-        abort(404, description="The image file is gone from the image folder.")
-    return send_file(path, mimetype="image/png", max_age=3600)
+    from hadis_celery.imagestore import image_store
+
+    try:
+        data = image_store(_door().s).open(f"{row.id}.png")
+    except FileNotFoundError:
+        abort(404, description="The image file is gone from the image store.")
+    return send_file(data, mimetype="image/png", max_age=3600, download_name=f"{row.id}.png")
+
+
+def gallery_query(p: auth.Principal):
+    """The gallery's rows: the newest done queries (the caller's own unless an operator),
+    newest first by ``updated_at`` (set when a query finishes), so the read walks the
+    ``(status, updated_at)`` or ``(owner, status, updated_at)`` index from its end and
+    stops after ``GALLERY_SIZE`` rows, whatever the history."""
+    q = select(QueryRow.id, QueryRow.prompt, QueryRow.served_model, QueryRow.quality,
+               QueryRow.finished_at, QueryRow.received_at).where(QueryRow.status == "done")
+    if not p.operator:
+        q = q.where(QueryRow.owner == p.owner)
+    return q.order_by(QueryRow.updated_at.desc()).limit(GALLERY_SIZE)
 
 
 @bp.get("/gallery")
 def gallery():
     with _door().engine.connect() as c:
-        rows = c.execute(select(QueryRow.id, QueryRow.prompt, QueryRow.served_model,
-                                QueryRow.quality, QueryRow.finished_at, QueryRow.received_at)
-                         .where(QueryRow.status == "done")
-                         .order_by(QueryRow.finished_at.desc()).limit(GALLERY_SIZE)).all()
+        rows = c.execute(gallery_query(_principal())).all()
     reg = _door().registry
     items = [{"id": r.id, "prompt": r.prompt, "model": model_name(reg, r.served_model),
               "quality": r.quality,
@@ -265,7 +361,9 @@ def register(app: Flask) -> None:
     app.secret_key = app.secret_key or os.environ.get("HADIS_SECRET_KEY") or \
         secrets.token_hex(32)
     app.jinja_env.globals["csrf_token"] = csrf_token
+    app.jinja_env.globals["signed_in"] = _signed_in
     app.jinja_env.filters["fmt"] = dash.fmt
+    app.jinja_env.filters["seconds"] = seconds
     app.register_blueprint(bp)
 
     @app.after_request
@@ -275,5 +373,21 @@ def register(app: Flask) -> None:
                 "Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
                 "script-src 'self'; style-src 'self'; object-src 'none'; frame-ancestors "
                 "'none'; form-action 'self'; base-uri 'none'")
-            resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         return resp
+
+
+def seconds(v: object) -> str:
+    """A number of seconds as people write it: 3600, 60, 0.5 (never 3.6e+03)."""
+    x = number(v)
+    return "-" if x is None else format(x, ".6g") if abs(x) < 1e6 else f"{x:,.0f}"
+
+
+def _signed_in() -> dict | None:
+    """For the navigation bar: the signed-in key (its id's first digits, operator or not);
+    None when keys are off or nobody signed in."""
+    if not _keys().required:
+        return None
+    p = g.get("principal")
+    if p is None or p.owner is None:
+        return None
+    return {"key": p.owner[:8], "operator": p.operator, "session": "key_id" in session}

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-PAD_L, PAD_R, PAD_T, PAD_B = 44, 10, 14, 28
+# The left pad holds the widest y label ".3g" writes ("-1.23e-05", a discriminator score)
+# right of the scatter's rotated axis title, in the page's 10 px sans font.
+PAD_L, PAD_R, PAD_T, PAD_B = 64, 10, 14, 28
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def svg_scatter(title: str, points: Sequence[ScatterPoint], active: str | None,
         f'<text x="{x1}" y="{y0 + 12}" text-anchor="end" font-size="10">{xhi:.3g}</text>'
         f'<text x="{(x0 + x1) / 2:.0f}" y="{h - 2}" text-anchor="middle" font-size="11">'
         f'{escape(xlabel)}</text>'
-        f'<text x="10" y="{(y0 + y1) / 2:.0f}" font-size="11" text-anchor="middle" '
-        f'transform="rotate(-90 10 {(y0 + y1) / 2:.0f})">{escape(ylabel)}</text>'
+        f'<text x="12" y="{(y0 + y1) / 2:.0f}" font-size="11" text-anchor="middle" '
+        f'transform="rotate(-90 12 {(y0 + y1) / 2:.0f})">{escape(ylabel)}</text>'
         f'<polyline class="front-line" fill="none" points="{line}"/>'
         f'<g class="pts">{"".join(dots)}</g></svg>')

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -50,6 +51,32 @@ def _shot(drv: webdriver.Chrome, stack, name: str) -> None:
     drv.save_screenshot(str(SHOTS / f"{stack.kind}-{name}.png"))
 
 
+def _read(drv: webdriver.Chrome, fn):
+    """``fn(drv)`` read again when the live update replaced an element under it (a stale
+    element is the page updating, not a failure)."""
+    return WebDriverWait(drv, WAIT_S, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(lambda d: (fn(d),))[0]
+
+
+def _texts_cut_off(drv: webdriver.Chrome) -> list[str]:
+    """Labels of the dashboard's plots drawn (even in part) outside their SVG, as laid out
+    by the browser with the page's font (an axis label cut off at the edge)."""
+    return drv.execute_script("""
+        const out = [];
+        for (const svg of document.querySelectorAll("svg.plot, svg.scatter")) {
+          const s = svg.getBoundingClientRect();
+          for (const t of svg.querySelectorAll("text")) {
+            const b = t.getBoundingClientRect();
+            if (b.width === 0) continue;  // hidden ("no data")
+            if (b.left < s.left - 0.5 || b.right > s.right + 0.5 ||
+                b.top < s.top - 0.5 || b.bottom > s.bottom + 0.5)
+              out.push(t.textContent + " @" + Math.round(b.left - s.left) + "," +
+                       Math.round(b.top - s.top));
+          }
+        }
+        return out;""")
+
+
 def _console_errors(drv: webdriver.Chrome) -> list[str]:
     return [e["message"] for e in drv.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -85,6 +112,19 @@ def test_form_submit_shows_image_and_details(browser, stack):
     assert drv.find_element(By.ID, "slo").text == "45"
     assert "deadline" in drv.find_element(By.ID, "deadline-verdict").text
     _shot(drv, stack, "result")
+    assert _console_errors(drv) == []
+
+
+def test_a_dropped_query_says_it_missed_its_deadline(browser, stack):
+    drv = browser
+    _submit(drv, stack, "a cat that cannot be drawn in a millisecond", "0.001")
+    WebDriverWait(drv, WAIT_S).until(
+        lambda d: d.execute_script("return document.body.dataset.final || ''") == "dropped")
+    verdict = drv.find_element(By.ID, "deadline-verdict")
+    assert verdict.text == "(dropped: missed its deadline)"
+    assert verdict.get_attribute("class") == "late"
+    assert drv.find_element(By.ID, "theta").text == "∞"  # the script's strings: the page's
+    _shot(drv, stack, "dropped")
     assert _console_errors(drv) == []
 
 
@@ -127,7 +167,15 @@ def test_dashboard_plots_render_without_console_errors(browser, stack):
         assert box["width"] > 100 and box["height"] > 50
     assert drv.find_elements(By.CSS_SELECTOR, "svg.plot circle"), "no plotted point"
     assert len(drv.find_elements(By.CSS_SELECTOR, "#plan-history tr")) >= 2
+    assert _texts_cut_off(drv) == []
+    # the widest y label the ".3g" format writes, as a live update would set it (the mean
+    # quality of served images is a discriminator score such as 1.07e-05)
+    drv.execute_script("""for (const t of document.querySelectorAll(
+        'svg.plot .ymin, svg.plot .ymax')) t.textContent = '-1.23e-05';""")
+    assert _texts_cut_off(drv) == []
     _shot(drv, stack, "dashboard")
+    drv.execute_script("arguments[0].scrollIntoView()", drv.find_element(By.ID, "plots"))
+    drv.find_element(By.ID, "plots").screenshot(str(SHOTS / f"{stack.kind}-plots.png"))
     assert _console_errors(drv) == []
 
 
@@ -144,21 +192,24 @@ def test_dashboard_updates_in_place_without_a_reload(browser, stack):
         WebDriverWait(drv, WAIT_S).until(
             lambda d: d.find_element(By.ID, "plan-id").text == str(new))
         assert drv.execute_script("return window.__sameDocument") == "yes", "page reloaded"
-        assert drv.find_element(By.ID, "plan-tau").text not in ("-∞", "-")
+        assert _read(drv, lambda d: d.find_element(By.ID, "plan-tau").text) not in ("-∞", "-")
         WebDriverWait(drv, WAIT_S).until(
             lambda d: d.find_elements(By.CSS_SELECTOR, "tr.cfg-row.active"))
-        row = drv.find_element(By.CSS_SELECTOR, "tr.cfg-row.active")
-        assert [c.text for c in row.find_elements(By.TAG_NAME, "td")][:2] == ["0", "0.1"]
-        key = row.get_attribute("data-row")
-        dot = drv.find_element(By.CSS_SELECTOR, f'svg.scatter circle[data-row="{key}"]')
-        assert "active" in dot.get_attribute("class")
-        history = drv.find_elements(By.CSS_SELECTOR, "#history-body tr td:first-child")
-        assert history[0].text == str(new)
+        cells, key = _read(drv, lambda d: (
+            [c.text for c in d.find_element(By.CSS_SELECTOR, "tr.cfg-row.active")
+             .find_elements(By.TAG_NAME, "td")],
+            d.find_element(By.CSS_SELECTOR, "tr.cfg-row.active").get_attribute("data-row")))
+        assert cells[:2] == ["0", "0.1"]
+        assert "active" in _read(drv, lambda d: d.find_element(
+            By.CSS_SELECTOR, f'svg.scatter circle[data-row="{key}"]').get_attribute("class"))
+        assert _read(drv, lambda d: d.find_elements(
+            By.CSS_SELECTOR, "#history-body tr td:first-child")[0].text) == str(new)
         assert int(drv.execute_script("return document.getElementById('dashboard')"
                                       ".dataset.updates")) >= 1
         drv.execute_script("arguments[0].scrollIntoView()",
                            drv.find_element(By.ID, "profile"))
         drv.find_element(By.ID, "profile").screenshot(str(SHOTS / f"{stack.kind}-profile.png"))
+        assert _texts_cut_off(drv) == []
         assert drv.execute_script("return window.__sameDocument") == "yes"
     finally:
         stack.use_plan(default_plan())

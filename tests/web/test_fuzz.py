@@ -74,10 +74,12 @@ def fz(request, tmp_path_factory, web_router) -> Iterator[Fuzz]:
         with database(request.param, tmp) as url:
             s = make_settings(url, tmp / "images", broker_url=BROKER)
             capp = make_app(s)
-            # θ = 0 splits prompts between the light and the heavy queue
+            # random routing (a uniform draw from the query id above θ = 0.5 goes heavy)
+            # splits queries half and half, whatever scale the router's scores have
             PlanLoop.from_settings(s, capp).apply(
-                plan_for(0, 3, theta=0.0, tau=-math.inf, workers={"light_sdxl": 1},
-                         batch={0: 1, 3: 1}), workers=[])
+                plan_for(0, 3, theta=0.5, tau=-math.inf, workers={"light_sdxl": 1},
+                         batch={0: 1, 3: 1}, routing="random", router_ratio=0.5),
+                workers=[])
             app = create_app(s, router=web_router, celery_app=make_app(s, fast_fail=True))
             engine = db.make_engine(url)
             client = app.test_client()

@@ -32,14 +32,14 @@ def test_list_is_newest_first_with_pair_theta_workers_and_batch(stack):
     assert set(p) == set(schema["properties"])  # the document describes what is sent
     assert p["light"] == {"id": 0, "name": "SDXL-Lightning"}
     assert p["heavy"] == {"id": 3, "name": "SD3.5-Large"}
-    assert (p["theta"], p["tau"]) == ("inf", "-inf")  # JSON has no infinities
+    assert (p["theta"], p["tau"]) == (None, None)  # infinite: JSON has no infinities
     assert p["workers"] == {"light_sdxl": 1} and p["batch"] == {"0": 1, "3": 1}
     assert p["planner"] == "test" and p["fid"] == 20.0 and p["overloaded"] is False
     assert (p["router_ratio"], p["disc_ratio"]) == (0.5, 0.3)
     assert datetime.fromisoformat(p["created"])
 
     q = plans[1]  # the table row r = 0, d = 0.1: θ = +inf, a finite τ
-    assert (q["router_ratio"], q["disc_ratio"], q["theta"]) == (0.0, 0.1, "inf")
+    assert (q["router_ratio"], q["disc_ratio"], q["theta"]) == (0.0, 0.1, None)
     assert isinstance(q["tau"], float) and q["fid"] == pytest.approx(27.45)
 
     one = stack.client.get("/v1/plans?limit=1").get_json()["plans"]

@@ -51,6 +51,7 @@
     }
     $("errors").replaceChildren(...d.errors.map((e) => cell("p", e, "error")));
     fillRows($("queues-body"), d.queues, [1]);
+    fillRows($("models-body"), d.models, []);
     fillRows($("history-body"), d.history, NUM_HISTORY);
     d.plots.forEach(plot);
     for (const el of document.querySelectorAll("[data-row].active")) {

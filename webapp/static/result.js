@@ -7,30 +7,19 @@
   const url = root.dataset.url;
   const final = root.dataset.final.split(",");
   const $ = (id) => document.getElementById(id);
-  const fmt = (v) => {
-    if (v === null || v === undefined) return "-";
-    if (v === "inf") return "∞";
-    if (v === "-inf") return "-∞";
-    if (typeof v === "number") return Number(v.toPrecision(3)).toString();
-    return String(v);
-  };
   function show(q) {
+    // the server formats every number (q.display) and the deadline verdict, as the page did
     $("status").textContent = q.status;
     $("route").textContent = q.route;
     $("models").textContent = q.models.map((m) => m.name).join(" → ") || "-";
     $("served").textContent = q.served_model ? q.served_model.name : "-";
-    for (const k of ["hardness", "theta", "quality", "light_quality", "tau", "clip"]) {
-      $(k).textContent = fmt(q[k]);
+    for (const k of ["hardness", "theta", "quality", "light_quality", "tau", "clip",
+      "latency", "slo"]) {
+      $(k).textContent = q.display[k];
     }
-    $("latency").textContent = fmt(q.timings.latency_s);
-    $("slo").textContent = fmt(q.slo_s);
     $("reason").textContent = q.reason || "-";
-    const lat = q.timings.latency_s;
-    if (lat !== null) {
-      const late = q.timings.finished_at > q.timings.deadline;
-      $("deadline-verdict").textContent = late ? "(missed the deadline)" : "(within the deadline)";
-      $("deadline-verdict").className = late ? "late" : "ok";
-    }
+    $("deadline-verdict").textContent = q.verdict.text ? "(" + q.verdict.text + ")" : "";
+    $("deadline-verdict").className = q.verdict.kind;
     if (q.image_url) {
       $("image").src = q.image_url;
       $("image").hidden = false;

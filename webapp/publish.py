@@ -1,0 +1,90 @@
+"""The front door's send: one ``hadis.generate`` message and the arrival counters in one
+Redis round trip.
+
+``app.send_task`` costs about 1 ms here, most of it per-call set-up that a request does not
+need: a kombu producer, a Redis client object built for every publish (kombu's Redis
+channel), queue declarations, signals, and a second round trip for the demand counters.
+The message itself is Celery's: headers and body come from ``app.amqp.as_task_v2`` (the
+Celery task protocol 2) and the envelope is the one kombu's Redis transport ``LPUSH``es
+(``prepare_message`` then ``basic_publish`` on the anonymous exchange), so a worker
+cannot tell the two apart; ``tests/web/test_production.py`` compares them field by field
+with a message ``send_task`` wrote. Brokers other than plain Redis (or with a key prefix)
+go through ``send_task`` as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable
+
+import redis
+from celery import Celery
+
+from hadis_celery.live import ARRIVALS_KEY, GENERATE_TASK, PREFIX, connect
+
+
+def _plain_redis(app: Celery) -> bool:
+    url = str(app.conf.broker_url or "")
+    opts = app.conf.broker_transport_options or {}
+    return url.startswith("redis://") and not opts.get("global_keyprefix")
+
+
+class Publisher:
+    """``send(query_id, queue, attempt, sent_at)``: the message, then the counters
+    (``hadis:arrivals``, ``hadis:enq:<queue>``, what ``LiveState.count_arrival`` counts)."""
+
+    def __init__(self, app: Celery, state: redis.Redis, state_url: str) -> None:
+        self.app = app
+        self.state = state
+        self.fast = _plain_redis(app)
+        same = str(app.conf.broker_url) == state_url
+        # the broker's client: the state's own when they are one Redis (then one pipeline)
+        self.broker = (state if same else connect(str(app.conf.broker_url))) if self.fast \
+            else None
+        self.same = same and self.fast
+
+    def message(self, query_id: str, queue: str, attempt: int, sent_at: float) -> bytes:
+        """The JSON envelope kombu's Redis transport would push for ``send_task``."""
+        task_id = str(uuid.uuid4())
+        args = [query_id, queue, attempt, sent_at]
+        m = self.app.amqp.as_task_v2(task_id, GENERATE_TASK, args=args, kwargs={},
+                                     ignore_result=True)
+        body = json.dumps(m.body).encode()
+        props = {**m.properties, "reply_to": self.app.thread_oid, "delivery_mode": 2,
+                 "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+                 "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}
+        env = {"body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
+               "content-type": "application/json", "headers": m.headers, "properties": props}
+        return json.dumps(env).encode()
+
+    def send(self, query_id: str, queue: str, attempt: int, sent_at: float,
+             fallback: Callable[[], None]) -> None:
+        """Publish; raises on a Redis error before the message is known to be queued.
+        ``fallback`` sends through Celery when the broker is not a plain Redis."""
+        if not self.fast:
+            fallback()
+            self._count(queue, self.state.pipeline(transaction=False))
+            return
+        raw = self.message(query_id, queue, attempt, sent_at)
+        pipe = self.broker.pipeline(transaction=False)
+        pipe.lpush(queue, raw)
+        if self.same:  # one round trip; a counter is demand, not the record
+            pipe.incr(ARRIVALS_KEY)
+            pipe.incr(f"{PREFIX}enq:{queue}")
+            pushed = pipe.execute(raise_on_error=False)[0]
+            if isinstance(pushed, Exception):
+                raise pushed
+            return
+        pipe.execute()
+        self._count(queue, self.state.pipeline(transaction=False))
+
+    @staticmethod
+    def _count(queue: str, pipe) -> None:
+        pipe.incr(ARRIVALS_KEY)
+        pipe.incr(f"{PREFIX}enq:{queue}")
+        try:
+            pipe.execute()
+        except redis.exceptions.RedisError:  # accepted already; demand is under-counted
+            pass
