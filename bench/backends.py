@@ -85,7 +85,7 @@ def bench_discriminator() -> dict:
 
 
 def bench_replay() -> dict:
-    from planner.registry import sd35_registry
+    from hadis_celery.examples import sd35_registry
     from workers.backends import load_backend
 
     backend = load_backend(sd35_registry().get(0), time_factor=0.0)

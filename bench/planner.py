@@ -172,9 +172,9 @@ def _case(name: str, table, registry, workers: int, demands, solvers=("gurobi", 
 
 
 def main() -> dict:
+    from hadis_celery.examples import sd35_registry
     from hadis_celery.reference import reference_path
     from planner.reference_table import load_reference_table
-    from planner.registry import sd35_registry
 
     reg = sd35_registry()
     sd35 = load_reference_table(reference_path("profile-sd35"), reg)

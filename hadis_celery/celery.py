@@ -22,6 +22,7 @@ from celery import Celery
 from celery.signals import setup_logging
 from kombu import Queue
 
+from hadis_celery import remote  # noqa: F401  (the hadis_worker inspect command, CLI too)
 from hadis_celery.deployment import CONTROL_QUEUE, model_queues, registry
 from hadis_celery.settings import Settings, settings
 from planner.registry import Registry
@@ -91,6 +92,8 @@ def make_app(s: Settings | None = None, fast_fail: bool = False) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         worker_prefetch_multiplier=1,
+        # a pool child loads and warms up its model before it reports up (workers.tasks)
+        worker_proc_alive_timeout=MODEL_LOAD_ALLOWANCE_S,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
@@ -106,6 +109,13 @@ def make_app(s: Settings | None = None, fast_fail: bool = False) -> Celery:
                             "options": {"queue": CONTROL_QUEUE, "expires": sweep}},
         },
     )
+    if s.prune_after_s > 0:  # retention: HADIS_PRUNE_AFTER (hadis_celery.retention)
+        from hadis_celery.retention import prune_period_s
+
+        every = prune_period_s(s.prune_after_s)
+        app.conf.beat_schedule["hadis-prune"] = {
+            "task": "hadis.prune", "schedule": every,
+            "options": {"queue": CONTROL_QUEUE, "expires": every}}
     if fast_fail:
         app.conf.broker_transport_options = {
             **app.conf.broker_transport_options, "max_retries": 1, "interval_start": 0,

@@ -32,6 +32,10 @@ BEAT_KEY = PREFIX + "beat"
 # waiting query from SQL: a Redis that lost its data (restart without persistence, flush)
 # lost this key with the queues, and the next tick or sweep notices and re-sends.
 EPOCH_KEY = PREFIX + "epoch"
+# Set by a worker that could not write an image (disk full, read-only store), with a time to
+# live of ``HADIS_STORAGE_RETRY_S``; a successful write deletes it. While it exists the front
+# door refuses new work and ``/v1/health`` reports it (``LiveState.storage_fault``).
+STORAGE_KEY = PREFIX + "storage"
 GENERATE_TASK = "hadis.generate"
 
 
@@ -146,6 +150,24 @@ class LiveState:
     def set_epoch(self, value: dict) -> None:
         self.set_json(EPOCH_KEY, value)
 
+    def lock(self, name: str, timeout_s: float):
+        """A Redis lock ``hadis:lock:<name>`` that expires after ``timeout_s`` (a holder that
+        died cannot keep it): one sweeper at a time reads the lists and removes copies."""
+        return self.r.lock(f"{PREFIX}lock:{name}", timeout=timeout_s)
+
+    # -- the image store --------------------------------------------------------------
+    def storage_fault(self) -> dict | None:
+        """Why the image store cannot be written now (``{"worker", "dir", "error", "t"}``),
+        or None when no worker failed to write an image in the last
+        ``HADIS_STORAGE_RETRY_S``. The front door and ``/v1/health`` call this."""
+        return self.get_json(STORAGE_KEY)
+
+    def set_storage_fault(self, info: dict, ttl_s: float) -> None:
+        self.set_json(STORAGE_KEY, info, ttl_s)
+
+    def clear_storage_fault(self) -> None:
+        self.r.delete(STORAGE_KEY)
+
     # -- workers ----------------------------------------------------------------------
     def heartbeat(self, worker: str, info: dict, ttl_s: float) -> None:
         self.set_json(f"{PREFIX}worker:{worker}", info, ttl_s)
@@ -175,6 +197,29 @@ class LiveState:
         if foreign:
             self.r.rpush(queue, *reversed(foreign))
         return out
+
+    def messages(self, queues: Sequence[str]) -> dict[str, list[QueuedMessage]]:
+        """Every ``hadis.generate`` message waiting on each queue, oldest first, read
+        without taking them (one pipelined round trip; the sweeper and the pruner use it)."""
+        pipe = self.r.pipeline(transaction=False)
+        for q in queues:
+            pipe.lrange(q, 0, -1)
+        out: dict[str, list[QueuedMessage]] = {}
+        for q, raws in zip(queues, pipe.execute(), strict=True):
+            msgs = [m for m in map(decode_message, reversed(raws or [])) if m is not None]
+            out[q] = msgs
+        return out
+
+    def remove_messages(self, queue: str, msgs: Iterable[QueuedMessage]) -> int:
+        """Remove these very messages from ``queue`` (one copy each; a message a worker took
+        meanwhile is simply not found). Returns how many were removed."""
+        raws = [m.raw for m in msgs if m.raw]
+        if not raws:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for raw in raws:
+            pipe.lrem(queue, 1, raw)
+        return int(sum(int(n or 0) for n in pipe.execute()))
 
     def push_back(self, queue: str, msgs: Iterable[QueuedMessage]) -> None:
         """Return messages to the head of ``queue`` (they were next in line)."""

@@ -201,9 +201,10 @@ def send_all(client: Client, arrivals: Sequence[Arrival], prompts: Sequence[str]
                 nxt[0] += 1
             if k >= len(records):
                 return
-            delay = t0_mono + offsets[k] - time.monotonic()
-            if delay > 0 and stop.wait(delay):
-                return
+            # an Event wait may wake a hair early: wait again until due, never send before
+            while (delay := t0_mono + offsets[k] - time.monotonic()) > 0:
+                if stop.wait(delay):
+                    return
             rec, a = records[k], arrivals[k]
             body: dict = {"prompt": prompts[a.prompt_index], "seed": a.index}
             if slo_s is not None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -213,10 +214,17 @@ class QueryRow(Base):
     sent, then updated by the workers; the sweeper re-sends the message from this row."""
 
     __tablename__ = "queries"
+    # bounded reads of the web side: recent rows by status (dashboard, /metrics), and by
+    # owner (a key's gallery); see webapp.metrics and webapp.pages
+    __table_args__ = (Index("ix_queries_status_updated_at", "status", "updated_at"),
+                      Index("ix_queries_owner_status_updated_at", "owner", "status",
+                            "updated_at"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     client: Mapped[str] = mapped_column(String(128), default="")
+    # the API key that made it (webapp.auth.key_id, a hash; never the key); NULL: no keys
+    owner: Mapped[str] = mapped_column(String(32), nullable=True)
     prompt: Mapped[str] = mapped_column(Text)
     seed: Mapped[int] = mapped_column(Integer)
     slo_s: Mapped[float] = mapped_column(Real)
@@ -243,6 +251,9 @@ class QueryRow(Base):
     finished_at: Mapped[float] = mapped_column(Real, nullable=True)
     model_s: Mapped[float] = mapped_column(Real, default=0.0)  # batch seconds, summed
     updated_at: Mapped[float] = mapped_column(Real, index=True)
+    # the generation parameters the serving model actually used (``Generation.params``:
+    # steps, guidance, dtype, scheduler and spacing, size, ...); NULL for replay
+    params: Mapped[dict] = mapped_column(JSON, nullable=True)
 
 
 class PlanRow(Base):
@@ -277,3 +288,22 @@ class WorkerHeartbeat(Base):
     backend: Mapped[str] = mapped_column(String(32), default="")
     batches: Mapped[int] = mapped_column(Integer, default=0)
     seen_at: Mapped[float] = mapped_column(Real)
+
+
+class ModelLoad(Base):
+    """One measured model load of a worker (issue 14): unload + load + warm-up, at start
+    (``kind = "start"``) or when the plan moved the worker to another model (``"swap"``).
+    The beat plans with each model's measured swap time instead of ``HADIS_SWAP_DELAY_S``
+    (``store.measured_swap_s``)."""
+
+    __tablename__ = "model_loads"
+    __table_args__ = (Index("ix_model_loads_model_at", "model", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(100))  # the deployment's model name
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    backend: Mapped[str] = mapped_column(String(32), default="")
+    kind: Mapped[str] = mapped_column(String(8), default="start")  # start | swap
+    load_s: Mapped[float] = mapped_column(Real)  # unload + load, wall seconds
+    warmup_s: Mapped[float] = mapped_column(Real)  # the warm-up generation, wall seconds
+    at: Mapped[float] = mapped_column(Real)  # epoch seconds

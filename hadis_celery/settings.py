@@ -35,6 +35,10 @@ class Settings:
         )
     )
     concreteness: Path | None = field(default_factory=_default_lexicon)
+    # The deployment file (issue 14): models, table, router, discriminator, image store.
+    # "" means the packaged example sd35-replay. A variable that is set (HADIS_PROFILE,
+    # HADIS_ROUTER_PROFILE, ...) wins over the file's value for its field.
+    deployment: str = field(default_factory=lambda: _env("HADIS_DEPLOYMENT", ""))
     # -- the serving stack (issue 6); every field has an embedded default ------------------
     # Redis for live state (plan, counters, heartbeats, rate limits): the broker by default.
     redis_url: str = field(default_factory=lambda: _env("HADIS_REDIS_URL", ""))
@@ -44,6 +48,9 @@ class Settings:
     # Local weights per model queue for the diffusers backend: "sdxl=/models/sdxl,...".
     model_paths: str = field(default_factory=lambda: _env("HADIS_MODEL_PATHS", ""))
     image_dir: Path = field(default_factory=lambda: Path(_env("HADIS_IMAGE_DIR", "var/images")))
+    # The image store as an fsspec URL (file:///shared/images, s3://bucket/images, ...) for
+    # stacks on several hosts; "": the local folder image_dir (hadis_celery.imagestore).
+    image_store: str = field(default_factory=lambda: _env("HADIS_IMAGE_STORE", ""))
     # Replay backend: profiled latency x time_factor. The planner runs in profile time
     # (SLO / factor, demand x factor), so a fast replay keeps the same plans.
     time_factor: float = field(default_factory=lambda: _float("HADIS_TIME_FACTOR", 1.0))
@@ -60,10 +67,36 @@ class Settings:
     worker_budget: int = field(default_factory=lambda: int(_float("HADIS_WORKERS", 0)))  # 0: live
     api_keys: tuple[str, ...] = field(default_factory=lambda: tuple(
         k.strip() for k in _env("HADIS_API_KEYS", "").split(",") if k.strip()))
+    # Keys that see every query, the dashboard and /metrics (webapp.auth); they are valid
+    # API keys too. Keys are required when either list is set.
+    operator_keys: tuple[str, ...] = field(default_factory=lambda: tuple(
+        k.strip() for k in _env("HADIS_OPERATOR_KEYS", "").split(",") if k.strip()))
     rate_limit_per_min: int = field(
         default_factory=lambda: int(_float("HADIS_RATE_LIMIT_PER_MIN", 600)))  # 0: off
     max_request_bytes: int = field(
         default_factory=lambda: int(_float("HADIS_MAX_REQUEST_BYTES", 32768)))
+    # -- the production front door (issue 17): gunicorn and the request path ---------------
+    # Front-door processes (gunicorn workers), threads per process running the app, and
+    # gunicorn's worker class (the default buffers whole requests before the app sees them,
+    # so a slow client holds a socket, not a thread; ``webapp.server``).
+    web_workers: int = field(default_factory=lambda: int(_float("HADIS_WEB_WORKERS", 2)))
+    web_threads: int = field(default_factory=lambda: int(_float("HADIS_WEB_THREADS", 4)))
+    web_worker_class: str = field(default_factory=lambda: _env(
+        "HADIS_WEB_WORKER_CLASS", "webapp.server.BufferedWorker"))
+    # A client must send its headers, and then its body, within this many seconds each.
+    web_client_timeout_s: float = field(
+        default_factory=lambda: _float("HADIS_WEB_CLIENT_TIMEOUT_S", 10.0))
+    # gunicorn restarts a worker silent for this long; idle keep-alive connections close after
+    # web_keepalive_s.
+    web_timeout_s: float = field(default_factory=lambda: _float("HADIS_WEB_TIMEOUT_S", 30.0))
+    web_keepalive_s: float = field(default_factory=lambda: _float("HADIS_WEB_KEEPALIVE_S", 5.0))
+    # Proxies in front of the front door whose X-Forwarded-For/-Proto to trust (Werkzeug's
+    # ProxyFix); 0: none, the socket address is the client (rate limit, logs).
+    trusted_proxies: int = field(default_factory=lambda: int(_float("HADIS_TRUSTED_PROXIES", 0)))
+    # Each Celery worker's Prometheus exporter (``workers.metrics``) listens on this port;
+    # 0: off. ``hadis up`` gives its workers consecutive ports from it.
+    worker_metrics_port: int = field(
+        default_factory=lambda: int(_float("HADIS_WORKER_METRICS_PORT", 0)))
     sweep_after_s: float = field(default_factory=lambda: _float("HADIS_SWEEP_AFTER_S", 300.0))
     heartbeat_s: float = field(default_factory=lambda: _float("HADIS_HEARTBEAT_S", 5.0))
     # -- failures and recovery (issue 9) ----------------------------------------------------
@@ -88,6 +121,26 @@ class Settings:
     sql_retry_s: float = field(default_factory=lambda: _float("HADIS_SQL_RETRY_S", 30.0))
     disc_head: Path | None = field(default_factory=lambda: (
         Path(_env("HADIS_DISC_HEAD", "")) if _env("HADIS_DISC_HEAD", "") else None))
+    # -- storage and retention (issue 16) ----------------------------------------------------
+    # After a worker failed to write an image (disk full, read-only store), the front door
+    # refuses new work and /v1/health reports it for this long; a successful write clears it.
+    storage_retry_s: float = field(default_factory=lambda: _float("HADIS_STORAGE_RETRY_S", 30.0))
+    # Finished queries (with their images), old plans and dead messages older than this are
+    # pruned by the beat (``hadis db prune``); a duration such as 30d or 12h, 0: off.
+    prune_after_s: float = field(default_factory=lambda: _duration("HADIS_PRUNE_AFTER"))
+
+    def __post_init__(self) -> None:
+        """Fields the deployment file sets, unless their variable is set (or they were given
+        explicitly, i.e. differ from the embedded default)."""
+        if not self.deployment:
+            return
+        from hadis_celery.deployment import settings_defaults
+
+        for name, value in settings_defaults(self.deployment).items():
+            embedded = _default_lexicon() if name == "concreteness" else _EMBEDDED.get(name)
+            if os.environ.get(ENV_NAMES[name]) or getattr(self, name) != embedded:
+                continue
+            object.__setattr__(self, name, value)
 
     @property
     def state_url(self) -> str:
@@ -110,22 +163,35 @@ class Settings:
 ENV_NAMES = {
     "database_url": "HADIS_DATABASE_URL", "broker_url": "HADIS_BROKER_URL",
     "router_profile": "HADIS_ROUTER_PROFILE", "concreteness": "HADIS_CONCRETENESS",
+    "deployment": "HADIS_DEPLOYMENT",
     "redis_url": "HADIS_REDIS_URL", "profile": "HADIS_PROFILE", "backend": "HADIS_BACKEND",
     "model_paths": "HADIS_MODEL_PATHS", "image_dir": "HADIS_IMAGE_DIR",
+    "image_store": "HADIS_IMAGE_STORE",
     "time_factor": "HADIS_TIME_FACTOR", "swap_delay_s": "HADIS_SWAP_DELAY_S",
     "slo_s": "HADIS_SLO_S", "max_slo_s": "HADIS_MAX_SLO_S",
     "plan_period_s": "HADIS_PLAN_PERIOD_S", "planner": "HADIS_PLANNER",
     "solver": "HADIS_SOLVER", "demand_half_life_s": "HADIS_DEMAND_HALF_LIFE_S",
     "worker_budget": "HADIS_WORKERS", "api_keys": "HADIS_API_KEYS",
+    "operator_keys": "HADIS_OPERATOR_KEYS",
     "rate_limit_per_min": "HADIS_RATE_LIMIT_PER_MIN",
     "max_request_bytes": "HADIS_MAX_REQUEST_BYTES", "sweep_after_s": "HADIS_SWEEP_AFTER_S",
+    "web_workers": "HADIS_WEB_WORKERS", "web_threads": "HADIS_WEB_THREADS",
+    "web_worker_class": "HADIS_WEB_WORKER_CLASS",
+    "web_client_timeout_s": "HADIS_WEB_CLIENT_TIMEOUT_S", "web_timeout_s": "HADIS_WEB_TIMEOUT_S",
+    "web_keepalive_s": "HADIS_WEB_KEEPALIVE_S", "trusted_proxies": "HADIS_TRUSTED_PROXIES",
+    "worker_metrics_port": "HADIS_WORKER_METRICS_PORT",
     "heartbeat_s": "HADIS_HEARTBEAT_S", "lease_s": "HADIS_LEASE_S",
     "sweep_period_s": "HADIS_SWEEP_PERIOD_S", "max_attempts": "HADIS_MAX_ATTEMPTS",
     "task_timeout_min_s": "HADIS_TASK_TIMEOUT_MIN_S",
     "task_timeout_factor": "HADIS_TASK_TIMEOUT_FACTOR",
     "task_hard_timeout_s": "HADIS_TASK_HARD_TIMEOUT_S", "sql_retry_s": "HADIS_SQL_RETRY_S",
-    "disc_head": "HADIS_DISC_HEAD",
+    "disc_head": "HADIS_DISC_HEAD", "storage_retry_s": "HADIS_STORAGE_RETRY_S",
+    "prune_after_s": "HADIS_PRUNE_AFTER",
 }
+
+# The defaults a deployment file may replace (a field still at its default takes the file's).
+_EMBEDDED = {"profile": str(DEFAULT_PROFILE), "router_profile": DEFAULT_ROUTER_PROFILE,
+             "image_dir": Path("var/images"), "image_store": "", "disc_head": None}
 
 
 def _env(name: str, default: str) -> str:
@@ -140,6 +206,16 @@ def _float(name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"{name}={raw!r}: not a number") from exc
+
+
+def _duration(name: str) -> float:
+    from hadis_celery.retention import parse_duration
+
+    raw = os.environ.get(name, "")
+    try:
+        return parse_duration(raw) if raw.strip() else 0.0
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r}: {exc}") from exc
 
 
 def settings() -> Settings:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Engine, and_, delete, event, exc, or_, select, update
 
 from hadis_celery.db import make_engine, transaction
-from hadis_celery.models import PlanRow, QueryRow, WorkerHeartbeat
+from hadis_celery.models import ModelLoad, PlanRow, QueryRow, WorkerHeartbeat
 
 WAITING = ("queued", "rerouted")  # a message for the row is (or should be) on a queue
 OPEN = WAITING + ("running",)
@@ -172,6 +172,19 @@ def stale(engine: Engine, before: float, limit: int = 500,
                               .order_by(QueryRow.updated_at).limit(limit)))
 
 
+def expired(engine: Engine, now: float, exclude_queues: Iterable[str] = (),
+            limit: int = 500) -> list[QueryRow]:
+    """Waiting rows whose deadline passed, on queues other than ``exclude_queues`` (those
+    with a consumer, whose worker drops them itself when it reaches them), oldest deadline
+    first: the sweeper drops them with the reason at once."""
+    q = select(QueryRow).where(QueryRow.status.in_(WAITING), QueryRow.deadline < now)
+    skip = sorted(set(exclude_queues))
+    if skip:
+        q = q.where(QueryRow.queue.not_in(skip))
+    with transaction(engine) as s:
+        return list(s.scalars(q.order_by(QueryRow.deadline).limit(limit)))
+
+
 def sweep_update(engine: Engine, row_id: str, status: str, before: float, values: dict,
                  now: float) -> bool:
     """The sweeper's write: apply ``values`` only if the row is still ``status`` and older
@@ -231,3 +244,32 @@ def latest_plans(engine: Engine, limit: int = 10) -> list[PlanRow]:
 def get_plan(engine: Engine, plan_id: int) -> PlanRow | None:
     with transaction(engine) as s:
         return s.get(PlanRow, plan_id)
+
+
+# -- measured model loads (issue 14): the swap time the planner uses per model ---------------
+SWAP_SAMPLES = 5  # the swap time of a model: the median of its last few measured loads
+
+
+def record_load(engine: Engine, **values: object) -> None:
+    """One measured model load (``models.ModelLoad``: model, worker, backend, kind, load_s,
+    warmup_s, at)."""
+    with transaction(engine) as s:
+        s.add(ModelLoad(**values))
+
+
+def measured_swap_s(engine: Engine, names: Iterable[str],
+                    samples: int = SWAP_SAMPLES) -> dict[str, float]:
+    """Model name -> measured swap seconds (load + warm-up, wall): the median of the last
+    ``samples`` loads of each of ``names`` (one bounded read each, on the (model, at)
+    index); models never measured are left out."""
+    import statistics
+
+    out: dict[str, float] = {}
+    with transaction(engine) as s:
+        for name in sorted(set(names)):
+            xs = [a + (0.0 if math.isnan(b) else b) for a, b in s.execute(
+                select(ModelLoad.load_s, ModelLoad.warmup_s).where(ModelLoad.model == name)
+                .order_by(ModelLoad.at.desc()).limit(samples)) if not math.isnan(a)]
+            if xs:
+                out[name] = float(statistics.median(xs))
+    return out

@@ -35,9 +35,9 @@ from planner.plan import (
 from planner.plus import HadisPlusPlanner
 
 RATIO_GRID = tuple(round(0.1 * i, 1) for i in range(11))
-DIFFSERVE_PAIR = (1, 3)  # SD3.5-Large-Turbo -> SD3.5-Large
-CLIPPER_LIGHT_MODEL = 1  # SD3.5-Large-Turbo, the light model of the DiffServe pair
-CLIPPER_HEAVY_MODEL = 3  # SD3.5-Large
+# DiffServe's light model is a distilled few-step model: at least this many times faster
+# (batch 1) than the heavy one.
+DIFFSERVE_SPEEDUP = 10.0
 
 
 def single_model_rows(table: Sequence[CascadeConfig]) -> dict[int, list[CascadeConfig]]:
@@ -75,37 +75,101 @@ class _TablePlanner(HadisPlanner):
         return rows
 
 
+def fastest_single_model(table: Sequence[CascadeConfig], registry) -> int:
+    """Clipper-Light's model: the fastest (batch-1 seconds) of the models the table runs
+    alone (ties: the better quality)."""
+    fid = single_model_fid(table)
+    if not fid:
+        raise PlannerInputError("the table has no row running one model alone")
+    secs = {m.id: m.latency_b1 for m in registry}
+    return min(fid, key=lambda m: (secs.get(m, math.inf), fid[m], m))
+
+
+def best_single_model(table: Sequence[CascadeConfig], registry) -> int:
+    """Clipper-Heavy's model: the best-quality one of the models the table runs alone
+    (ties: the faster)."""
+    fid = single_model_fid(table)
+    if not fid:
+        raise PlannerInputError("the table has no row running one model alone")
+    secs = {m.id: m.latency_b1 for m in registry}
+    return min(fid, key=lambda m: (fid[m], secs.get(m, math.inf), m))
+
+
+def diffserve_pair(table: Sequence[CascadeConfig], registry,
+                   speedup: float = DIFFSERVE_SPEEDUP) -> tuple[int, int]:
+    """DiffServe's cascade over the deployed models: the heavy model is the best-quality
+    one that runs alone; the light model is, of the models the table cascades into it with
+    the discriminator alone (router ratio 0), the best-quality one at least ``speedup``
+    times faster (a distilled few-step model, as DiffServe pairs SD-Turbo with SD 1.5),
+    else the fastest of them."""
+    heavy = best_single_model(table, registry)
+    fid = single_model_fid(table)
+    secs = {m.id: m.latency_b1 for m in registry}
+    lights = sorted({c.light for c in table
+                     if c.heavy == heavy and c.light != heavy and c.router_ratio == 0})
+    if not lights:
+        raise PlannerInputError(
+            f"the table has no row cascading a faster model into model {heavy} (the "
+            "best-quality model that runs alone) with the discriminator only")
+    fast = [m for m in lights if secs.get(m, math.inf) * speedup <= secs.get(heavy, 0.0)]
+    if fast:
+        return min(fast, key=lambda m: (fid.get(m, math.inf), secs.get(m, math.inf))), heavy
+    return min(lights, key=lambda m: (secs.get(m, math.inf), m)), heavy
+
+
 class ClipperPlanner(_TablePlanner):
     """Clipper (Crankshaw et al., NSDI'17) as the HADIS paper uses it: one static model
-    serves every query (Clipper-Light: the light model; Clipper-Heavy: SD3.5-Large), no
-    router, no discriminator; the planner only sizes batches and workers (Clipper's
-    adaptive batching), every worker on that one model.
+    serves every query, no router, no discriminator; the planner only sizes batches and
+    workers (Clipper's adaptive batching), every worker on that one model.
 
-    The paper names the light model only by role; ``clipper_light`` uses SD3.5-Large-Turbo
-    (the light half of the DiffServe pair). The row is the table's single-model row of
-    ``model``, taken as a heavy-queue row when there is one (generation only, no
-    discriminator pass).
+    ``role`` picks the model by rule from the table: ``"light"`` the fastest model that the
+    table runs alone (``fastest_single_model``), ``"heavy"`` the best-quality one
+    (``best_single_model``); ``model`` names one explicitly instead. The row is the table's
+    single-model row of that model, taken as a heavy-queue row when there is one
+    (generation only, no discriminator pass).
     """
 
-    def __init__(self, model: int, name: str | None = None, **kw) -> None:
-        super().__init__(name=name or f"clipper-{model}", routing="none", **kw)
+    def __init__(self, model: int | None = None, name: str | None = None,
+                 role: str = "heavy", **kw) -> None:
+        if role not in ("light", "heavy"):
+            raise ValueError(f"Clipper role must be light or heavy, got {role!r}")
+        super().__init__(name=name or (f"clipper-{model}" if model is not None
+                                       else f"clipper-{role}"), routing="none", **kw)
         self.model = model
+        self.role = role
+
+    def pick(self, state: PlannerState) -> int:
+        if self.model is not None:
+            return self.model
+        try:
+            if self.role == "light":
+                return fastest_single_model(state.table, state.registry)
+            fid = single_model_fid(state.table)
+            if len(fid) < 2:
+                only = ", ".join(str(m) for m in fid) or "none"
+                raise PlannerInputError(
+                    f"only model {only} runs alone in this table; Clipper-Heavy needs the "
+                    "best-quality model of at least two that run alone")
+            return best_single_model(state.table, state.registry)
+        except PlannerInputError as exc:
+            raise PlannerInputError(f"{self.name}: {exc}") from None
 
     def derive(self, state: PlannerState) -> list[CascadeConfig]:
-        rows = single_model_rows(state.table).get(self.model, [])
+        model = self.pick(state)
+        rows = single_model_rows(state.table).get(model, [])
         if not rows:
             raise PlannerInputError(
-                f"{self.name}: the table has no row running model {self.model} alone")
+                f"{self.name}: the table has no row running model {model} alone")
         heavy = [c for c in rows if "heavy" in routed_load(c)]
         return [min(heavy or rows, key=lambda c: c.fid)]
 
 
-def clipper_light(model: int = CLIPPER_LIGHT_MODEL, **kw) -> ClipperPlanner:
-    return ClipperPlanner(model, name="clipper-light", **kw)
+def clipper_light(model: int | None = None, **kw) -> ClipperPlanner:
+    return ClipperPlanner(model, name="clipper-light", role="light", **kw)
 
 
-def clipper_heavy(model: int = CLIPPER_HEAVY_MODEL, **kw) -> ClipperPlanner:
-    return ClipperPlanner(model, name="clipper-heavy", **kw)
+def clipper_heavy(model: int | None = None, **kw) -> ClipperPlanner:
+    return ClipperPlanner(model, name="clipper-heavy", role="heavy", **kw)
 
 
 class ProteusPlanner(_TablePlanner):
@@ -150,20 +214,30 @@ class ProteusPlanner(_TablePlanner):
 
 
 class DiffServePlanner(_TablePlanner):
-    """DiffServe (Ahmad et al., MLSys'25) as the HADIS paper uses it: a fixed cascade,
-    SD3.5-Large-Turbo then SD3.5-Large; every query runs the light model, the
-    discriminator reroutes the low-confidence ones to the heavy model; an MILP picks the
-    discriminator threshold τ and the allocation by load. No router (θ never sends a
-    query straight to the heavy model), never another pair.
+    """DiffServe (Ahmad et al., MLSys'25) as the HADIS paper uses it: a fixed cascade
+    (the paper's: its large model's turbo distillation, then the large model); every
+    query runs the light model, the discriminator reroutes the low-confidence ones to the
+    heavy model; an MILP picks the discriminator threshold τ and the allocation by load.
+    No router (θ never sends a query straight to the heavy model), never another pair.
+    The pair is ``pair`` when given, else chosen by rule over the deployed models
+    (``diffserve_pair``).
     """
 
-    def __init__(self, pair: tuple[int, int] = DIFFSERVE_PAIR, name: str = "diffserve",
+    def __init__(self, pair: tuple[int, int] | None = None, name: str = "diffserve",
                  **kw) -> None:
         super().__init__(name=name, routing="none", **kw)
         self.pair = pair
 
     def derive(self, state: PlannerState) -> list[CascadeConfig]:
-        return [c for c in state.table if c.pair == self.pair and c.router_ratio == 0]
+        try:
+            pair = self.pair or diffserve_pair(state.table, state.registry)
+        except PlannerInputError as exc:
+            raise PlannerInputError(f"{self.name}: {exc}") from None
+        rows = [c for c in state.table if c.pair == pair and c.router_ratio == 0]
+        if not rows:
+            raise PlannerInputError(f"{self.name}: the table has no row of the pair "
+                                    f"{pair[0]} -> {pair[1]} without the router")
+        return rows
 
 
 class RouterOnlyPlanner(_TablePlanner):

@@ -23,16 +23,24 @@ Recovery (``sweep`` every ``HADIS_SWEEP_PERIOD_S``; ``recover`` at every tick an
   passed, and sets the marker again;
 - a worker died mid-batch (or lost SQL): its ``running`` rows stop being renewed, and once
   older than ``HADIS_LEASE_S`` the sweep puts them back to ``queued`` and re-sends them;
+- a queue lost every consumer (a plan switch, a worker gone): its messages move to a queue
+  with one (``policy.orphan_destination``; at ``apply`` with the fresh bindings, at every
+  sweep with the queues live workers report, once their heartbeats show the plan's bindings);
+  waiting rows past their deadline on a queue without a consumer are dropped with that reason;
 - a message was lost (or could not be sent, see ``store.mark_unsent``): waiting rows older
-  than ``HADIS_SWEEP_AFTER_S`` (or twice the longest batch) are re-sent;
+  than ``HADIS_SWEEP_AFTER_S`` (or twice the longest batch) whose message is on no queue
+  list are re-sent; one whose message still waits in a backlog is left alone (and extra
+  copies of a message are removed: one message per open row);
 - a query re-sent ``HADIS_MAX_ATTEMPTS`` times already is failed with the reason instead
   (a backend that kills its worker every time must not circle forever), one whose deadline
   passed is dropped.
 
-Every write of the sweep is conditional on the row being unchanged since it was read, and
-duplicates are harmless (workers claim rows conditionally and write results only for rows
-their batch still holds), so a re-sent query is recorded once, even when a worker that was
-only slow ran it too.
+Retention (``prune``, when ``HADIS_PRUNE_AFTER`` is set): ``hadis_celery.retention``.
+
+Every write of the sweep is conditional on the row being unchanged since it was read (and one
+sweep runs at a time, under a Redis lock), and duplicates are harmless (workers claim rows
+conditionally and write results only for rows their batch still holds), so a re-sent query
+is recorded once, even when a worker that was only slow ran it too.
 """
 
 from __future__ import annotations
@@ -48,18 +56,20 @@ from sqlalchemy import Engine, select, update
 from hadis_celery import policy, store
 from hadis_celery.db import transaction
 from hadis_celery.deployment import load_table, model_queues
-from hadis_celery.live import BEAT_KEY, LiveState
+from hadis_celery.live import BEAT_KEY, LiveState, QueuedMessage
 from hadis_celery.logs import event
 from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.settings import Settings
 from planner.demand import EwmaDemand
 from planner.plan import Plan, PlannerState, QueueState
+from planner.registry import Registry, with_swap_s
 from planner.table import ProfileTable
 
 log = logging.getLogger(__name__)
 CONTROL_TIMEOUT_S = 2.0
 DROP, FAIL, RESEND = "drop", "fail", "resend"
 NEVER = 1e300  # "older than" bound that every row meets
+SWEEP_LOCK_S = 60.0  # a sweep holds the sweep lock at most this long
 
 
 def sweep_action(now: float, deadline: float, attempts: int, max_attempts: int) -> str:
@@ -103,16 +113,20 @@ def rebind(app: Celery, current: dict[str, list[str]], target: dict[str, int]
 
 def move_orphans(app: Celery, live: LiveState, engine: Engine, plan: policy.ActivePlan,
                  served: set[str], queues: list[str]) -> dict[str, int]:
-    """Queued messages of queues no worker serves go to the same role's queue of the plan
-    (row updated first, then the message re-sent)."""
+    """Queued messages of queues no worker consumes go where ``policy.orphan_destination``
+    says (only ever a queue with a consumer; the row is updated first, then the message is
+    re-sent). A drained message whose row no longer waits on that queue is dead (a
+    duplicate, or its query ended) and is not re-sent. Returns destination -> count."""
     from workers.serving import send_generate
 
     moved: dict[str, int] = {}
     lengths = live.queue_lengths(queues)
     for q, n in lengths.items():
-        dest = policy.orphan_destination(plan, q)
-        if n == 0 or q in served or dest == q or dest not in served:
+        dest = policy.orphan_destination(plan, q, served) if n else None
+        if dest is None:
             continue
+        reason = (f"no worker consumes {q} under plan {plan.plan_id}; moved to {dest}, "
+                  "which has one")
         while msgs := live.drain(q, 100):
             ids = [m.query_id for m in msgs]
             with transaction(engine) as s:
@@ -123,16 +137,18 @@ def move_orphans(app: Celery, live: LiveState, engine: Engine, plan: policy.Acti
                 waiting = set(s.scalars(select(QueryRow.id).where(
                     QueryRow.id.in_(ids), QueryRow.queue == dest,
                     QueryRow.status.in_(store.WAITING))))
+            sent: set[str] = set()
             for i, m in enumerate(msgs):
-                if m.query_id in waiting:
+                if m.query_id in waiting and m.query_id not in sent:  # one message each
                     try:
                         send_generate(app, m.query_id, dest, m.attempt + 1, m.sent_at)
                     except Exception:  # the rest have no message: the next sweep sends them
                         store.mark_unsent(engine, [x.query_id for x in msgs[i:]])
                         raise
+                    sent.add(m.query_id)
                     moved[dest] = moved.get(dest, 0) + 1
                     event(log, "query.moved", query_id=m.query_id, from_queue=q, queue=dest,
-                          reason="no worker serves its queue under the new plan")
+                          reason=reason)
     return moved
 
 
@@ -160,6 +176,7 @@ class PlanLoop:
     theta_for: object = None
     previous: Plan | None = None
     last: dict = field(default_factory=dict)
+    swaps: dict = field(default_factory=dict)  # model name -> measured swap s (wall)
 
     @classmethod
     def from_settings(cls, s: Settings, app: Celery) -> PlanLoop:
@@ -175,6 +192,18 @@ class PlanLoop:
     @property
     def queues(self) -> list[str]:
         return model_queues(self.table.registry)
+
+    def registry(self, tf: float = 1.0) -> Registry:
+        """The table's registry with each model's measured swap time (workers' load +
+        warm-up, ``store.measured_swap_s``, in profile time: wall / time factor) replacing
+        the declared one (``swap_s`` in the deployment file; else the planner's global
+        ``HADIS_SWAP_DELAY_S``). SQL down: the last measurements read."""
+        reg = self.table.registry
+        try:
+            self.swaps = store.measured_swap_s(self.engine, [m.name for m in reg])
+        except Exception as exc:
+            log.warning("cannot read the measured swap times (%s)", exc)
+        return with_swap_s(reg, {k: v / tf for k, v in self.swaps.items()})
 
     def state(self, now: float) -> tuple[PlannerState, dict]:
         """The planner's input from Redis (counters are reset as they are read)."""
@@ -192,7 +221,7 @@ class PlanLoop:
         tf = self.s.time_factor if self.s.time_factor > 0 else 1.0
         qs = {q: QueueState(int(lengths[q]), enq[q] / dt * tf) for q in queues}
         st = PlannerState(demand=demand * tf, workers=budget, slo_s=self.s.slo_s / tf,
-                          table=self.table.rows, registry=self.table.registry, queues=qs,
+                          table=self.table.rows, registry=self.registry(tf), queues=qs,
                           previous=self.previous)
         info = {"t": now, "demand": demand, "arrivals": arrivals, "dt": dt,
                 "lengths": lengths, "workers": sorted(workers)}
@@ -226,9 +255,9 @@ class PlanLoop:
             workers = sorted(self.live.live_workers())
         current = worker_queues(self.app, workers)
         bindings = rebind(self.app, current, dict(active.workers)) if current else {}
+        store.set_plan_live(self.engine, plan_id, active.to_dict(), bindings)  # sweeps see it
         moved = move_orphans(self.app, self.live, self.engine, active,
                              set(bindings.values()), self.queues) if bindings else {}
-        store.set_plan_live(self.engine, plan_id, active.to_dict(), bindings)
         return {"plan_id": plan_id, "bindings": bindings, "moved": moved,
                 "pair": [c.light, c.heavy], "batch": {str(k): v for k, v in plan.batch.items()},
                 "theta": active.theta if math.isfinite(active.theta) else str(active.theta)}
@@ -274,32 +303,128 @@ class PlanLoop:
               resent=len(resent), dropped=len(dropped), republished_plan=republished)
         return resent, dropped
 
+    def prune(self, now: float | None = None) -> dict:
+        """Retention (``HADIS_PRUNE_AFTER``): finished queries older than that with their
+        images, unreferenced images, plans no one needs and dead messages
+        (``hadis_celery.retention``). Returns what was removed."""
+        from hadis_celery.imagestore import image_store
+        from hadis_celery.retention import prune
+
+        if self.s.prune_after_s <= 0:
+            return {}
+        rep = prune(self.engine, self.s.prune_after_s, store=image_store(self.s),
+                    live=self.live, queues=self.queues, images=True, plans=True, now=now)
+        out = rep.to_dict()
+        if rep.queries or rep.plans or rep.dead_messages or rep.stray_images:
+            event(log, "history.pruned", **{k: v for k, v in out.items() if k != "kept_plans"})
+        return out
+
+    def served_queues(self) -> tuple[set[str], bool]:
+        """Queues a live worker consumes (its heartbeat's queues, plus the queue the active
+        plan bound it to), and whether that picture is settled: a heartbeat lags a
+        rebinding by up to ``HADIS_HEARTBEAT_S``, and while a live worker's heartbeat does
+        not show the queue the plan bound it to, moving work could chase the workers (the
+        beat's own ``apply`` moves the backlog of a plan switch; the sweep waits)."""
+        workers = self.live.live_workers()
+        out: set[str] = set()
+        for info in workers.values():
+            out |= {str(q) for q in info.get("queues") or []}
+        settled = True
+        plan = self.live.get_plan()
+        if plan is not None and plan.plan_id:
+            row = store.get_plan(self.engine, plan.plan_id)
+            for w, q in dict(row.bindings if row is not None else {}).items():
+                if w in workers:
+                    out.add(str(q))
+                    settled &= set(workers[w].get("queues") or []) == {q}
+        return out & set(self.queues), settled
+
     def sweep(self, now: float | None = None) -> dict:
-        """Recover from a Redis that lost its data, re-send the messages of rows whose
-        worker or message was lost, drop or fail those that cannot go on (module doc).
-        Returns the ids re-sent and dropped (and failed, when any)."""
+        """Recover from a Redis that lost its data, move work off queues no worker consumes,
+        re-send the messages of rows whose worker or message was lost, drop or fail those
+        that cannot go on (module doc). Returns the ids re-sent and dropped (and failed,
+        moved or found waiting in a backlog, when any). One sweep at a time (a Redis lock):
+        two sweepers reading the same lists would both remove the same extra copy."""
+        lock = self.live.lock("sweep", timeout_s=SWEEP_LOCK_S)
+        if not lock.acquire(blocking=True, blocking_timeout=SWEEP_LOCK_S / 2):
+            log.warning("another sweep holds the lock; skipping this one")
+            return {"resent": [], "dropped": [], "skipped": "another sweep runs"}
+        try:
+            return self._sweep(time.time() if now is None else now)
+        finally:
+            try:
+                lock.release()
+            except Exception:  # expired meanwhile (a very slow sweep): nothing to release
+                pass
+
+    def _sweep(self, now: float) -> dict:
         from hadis_celery.celery import longest_batch_s
         from workers.serving import send_generate
 
-        now = time.time() if now is None else now
         recovered = self.recover(now)
         resent, dropped = recovered if recovered else ([], [])
         handled = set(resent) | set(dropped)
         failed: list[str] = []
+        waiting: list[str] = []
+        plan = self.live.get_plan()
+        served, settled = self.served_queues()
+        movable = plan is not None and bool(served) and settled
+        moved = (move_orphans(self.app, self.live, self.engine, plan, served, self.queues)
+                 if movable else {})
         after = max(self.s.sweep_after_s,
                     2.0 * longest_batch_s(self.table.registry, self.s.time_factor))
         lease = max(0.1, self.s.lease_s)
-        for r in store.stale(self.engine, now - after, lease_before=now - lease):
-            if r.id in handled:
-                continue
+        rows = [r for r in store.stale(self.engine, now - after, lease_before=now - lease)
+                if r.id not in handled]
+        expired = [r for r in store.expired(self.engine, now, exclude_queues=served)
+                   if r.id not in handled and r.id not in {x.id for x in rows}]
+        on_lists: dict[str, list[tuple[str, QueuedMessage]]] = {}
+        if rows or expired:  # where their messages are (one read of the lists)
+            for q, msgs in self.live.messages(self.queues).items():
+                for m in msgs:
+                    on_lists.setdefault(m.query_id, []).append((q, m))
+        for r in expired:  # past the deadline on a queue without a consumer
+            here = [m for q, m in on_lists.get(r.id, []) if q == r.queue]
+            reason = (f"deadline passed while it waited on {r.queue}, which no worker consumes "
+                      f"(plan {plan.plan_id if plan else '?'} has no worker on it or on a "
+                      "queue that could take it)" if here else
+                      f"deadline passed; its message was lost (open as {r.status} on "
+                      f"{r.queue}, which no worker consumes)")
+            if self._drop(r, NEVER, reason, now):
+                dropped.append(r.id)
+            self._discard(on_lists.pop(r.id, []))
+        for r in rows:
             running = r.status == "running"
             before = now - (lease if running else after)
             attempts = r.attempts or 0
+            found = on_lists.get(r.id, [])
+            here = [m for q, m in found if q == r.queue]
+            # copies elsewhere are dead (a claim needs the row's queue); one copy is enough
+            self._discard([(q, m) for q, m in found if q != r.queue] +
+                          [(r.queue, m) for m in here[1:]])
+            if here and now > r.deadline:
+                reason = (f"deadline passed while it waited on {r.queue}"
+                          + ("" if r.queue in served else ", which no worker consumes"))
+                if self._drop(r, before, reason, now):
+                    dropped.append(r.id)
+                    self._discard([(r.queue, here[0])])
+                continue
+            if here:  # not lost: it waits in a backlog; no second message
+                values = {"status": "queued", "attempts": attempts + 1} if running else {}
+                if store.sweep_update(self.engine, r.id, r.status, before, values, now):
+                    waiting.append(r.id)
+                    event(log, "query.waiting", logging.DEBUG if not running else logging.INFO,
+                          query_id=r.id, queue=r.queue, status=values.get("status", r.status),
+                          reason="its message still waits on the queue; not re-sent")
+                continue
             action = sweep_action(now, r.deadline, attempts, self.s.max_attempts)
             lost = (f"its worker {r.worker} stopped renewing its lease "
                     f"{now - r.updated_at:.1f} s ago (it died, was killed or lost SQL)"
                     if running else f"its message was lost (open as {r.status} for "
-                                    f"{now - r.updated_at:.0f} s)")
+                                    f"{now - r.updated_at:.0f} s, no message on {r.queue})")
+            queue = r.queue
+            if movable and queue not in served:
+                queue = policy.orphan_destination(plan, queue, served) or queue
             if action == DROP:
                 values = {"status": "dropped", "finished_at": now,
                           "reason": f"deadline passed before it could run: {lost}"}
@@ -310,6 +435,8 @@ class PlanLoop:
             else:
                 values = {"status": "queued" if running else r.status,
                           "attempts": attempts + 1}
+                if queue != r.queue:
+                    values["queue"] = queue
             if not store.sweep_update(self.engine, r.id, r.status, before, values, now):
                 continue  # claimed, renewed or finished since it was read
             if action == DROP:
@@ -323,15 +450,40 @@ class PlanLoop:
                       reason=values["reason"], status="failed")
                 continue
             try:
-                send_generate(self.app, r.id, r.queue, attempts + 1)
+                send_generate(self.app, r.id, queue, attempts + 1)
             except Exception:
                 store.mark_unsent(self.engine, [r.id])
                 raise
             resent.append(r.id)
-            event(log, "query.resent", query_id=r.id, queue=r.queue, attempt=attempts + 1,
+            event(log, "query.resent", query_id=r.id, queue=queue, attempt=attempts + 1,
                   reason="worker_lost" if running else "message_lost", detail=lost,
                   status=values["status"])
-        out = {"resent": resent, "dropped": dropped}
+        out: dict = {"resent": resent, "dropped": dropped}
         if failed:
             out["failed"] = failed
+        if moved:
+            out["moved"] = moved
+        if waiting:
+            out["waiting"] = waiting
         return out
+
+    def _drop(self, r: QueryRow, before: float, reason: str, now: float) -> bool:
+        if not store.sweep_update(self.engine, r.id, r.status, before,
+                                  {"status": "dropped", "finished_at": now, "reason": reason},
+                                  now):
+            return False
+        event(log, "query.dropped", query_id=r.id, queue=r.queue, reason=reason,
+              status="dropped")
+        return True
+
+    def _discard(self, found: list[tuple[str, QueuedMessage]]) -> None:
+        """Remove these (dead or duplicate) messages from their lists."""
+        by_queue: dict[str, list[QueuedMessage]] = {}
+        for q, m in found:
+            by_queue.setdefault(q, []).append(m)
+        for q, msgs in by_queue.items():
+            n = self.live.remove_messages(q, msgs)
+            if n:
+                event(log, "messages.removed", queue=q, count=n,
+                      query_ids=sorted({m.query_id for m in msgs})[:20],
+                      reason="duplicate or dead copies of a query's message")

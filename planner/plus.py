@@ -19,7 +19,8 @@ in ``PlusOptions``, measured in ``docs/plus.md``; ``python -m bench.plus`` print
   a role's whole backlog is charged to the queue that role will use, draining at the
   *service* rate of the workers the candidate gives it (fluid FIFO model, below), and a
   row that would leave a backlog on a role it does not serve is not planned.
-- ``switch_cost``: a worker that changes model serves nothing for ``swap_delay_s``. The
+- ``switch_cost``: a worker that changes model serves nothing for the new model's swap
+  time (``ModelSpec.swap_s``: declared or measured), else ``swap_delay_s``. The
   fluid model gives a queue only the workers that stay on their model until then, so a
   switch that cannot absorb its own swap is not planned; ties go to fewer swaps.
 - ``forecast`` (off by default: measured, it cost FID and bought nothing once the backlog
@@ -349,6 +350,17 @@ class Evaluation:
     backlog: np.ndarray  # (n, 2)
 
 
+def swap_delays(cand: Candidates, state: PlannerState, opt: PlusOptions) -> np.ndarray:
+    """(n, 2) seconds a worker moving to each slot's model serves nothing: the model's own
+    swap time (declared in the deployment or measured by the workers), else
+    ``opt.swap_delay_s``."""
+    ids = [m.id for m in state.registry]
+    table = np.full(max(ids, default=0) + 2, float(opt.swap_delay_s))
+    for m in state.registry:
+        table[m.id] = m.swap_seconds(opt.swap_delay_s)
+    return table[np.where(cand.model >= 0, cand.model, len(table) - 1)]
+
+
 def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOptions,
              extra: np.ndarray | float = 0.0) -> Evaluation:
     """Capacity, waits and path latencies of every candidate under ``state``; ``extra``
@@ -376,7 +388,7 @@ def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOpti
     swaps = (cand.workers - kept).sum(axis=1)
     if opt.drain:
         mu0 = kept * cand.thr if opt.switch_cost else mu1
-        delay = opt.swap_delay_s if opt.switch_cost else 0.0
+        delay = swap_delays(cand, state, opt) if opt.switch_cost else 0.0
         wait = drain_wait(backlog, lam, mu0, mu1, delay) * opt.wait_safety
     else:  # HADIS: Little's law at the queue's measured arrival rate, per queue name
         wait = np.zeros(cand.role.shape)
@@ -390,7 +402,7 @@ def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOpti
                 sel = (cand.role[:, j] == r) & (cand.model[:, j] == m)
                 wait[sel, j] = queue_delay(state, q, SAFETY)
         if opt.switch_cost:
-            wait = wait + np.where(kept < cand.workers, opt.swap_delay_s, 0.0)
+            wait = wait + np.where(kept < cand.workers, swap_delays(cand, state, opt), 0.0)
     wait = np.where(used, wait, 0.0)
     hop = cand.lat + wait
     light_j = np.where(cand.role[:, 0] == 0, 0, 1)  # which slot is the light role
@@ -656,7 +668,7 @@ def plus_problems(plan: Plan, state: PlannerState, options: PlusOptions | None =
             kept = n if prev is None else min(n, n * prev.get(spec.id, 0) / on_model)
             if opt.switch_cost:
                 w = drain_wait(backlog, lam, kept * spec.throughput(plan.batch[spec.id]), mu1,
-                               opt.swap_delay_s)
+                               spec.swap_seconds(opt.swap_delay_s))
             else:
                 w = drain_wait(backlog, lam, mu1, mu1, 0.0)
             w *= opt.wait_safety

@@ -6,17 +6,20 @@ returning an object with ``seconds``, ``images`` and ``quality``); the CLI
 Latency per batch size: ``warmup`` untimed batches first, then the median of ``repeats``
 timed batches (the backend's own ``seconds``, the wall time of the batch).
 
-Quality without FID: each prompt's discriminator score per model; a grid point's quality
-is the mean score of the served images, and its ``fid`` field holds ``1 - quality`` with
-``metric="disc"`` so that lower stays better (never presented as an FID).
+Quality: each image's discriminator score per model; a grid point's quality is the mean
+score of the served images. Its ``fid`` is the FID of the served image mix when the caller
+supplies an ``fid_fn`` (``hadis profile run --reference-images``: ``metric="fid"``);
+otherwise it holds ``1 - quality`` with ``metric="disc"`` so that lower stays better (never
+presented as an FID). The FID itself is computed in the shell (``workers.quality``, with
+torchmetrics); this module only decides which image each query is served.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +29,6 @@ from planner.reference_table import (
     expected_service_s,
     heavy_by_router,
     reject_threshold,
-    served_quality,
 )
 from planner.registry import ModelSpec, Registry
 
@@ -119,6 +121,70 @@ def default_pairs(registry: Registry, models: Sequence[int] | None = None
     return [(a.id, b.id) for i, a in enumerate(specs) for b in specs[i + 1:]]
 
 
+@dataclass(frozen=True)
+class GridPoint:
+    """One grid point of one pair: τ and the model that serves each image."""
+
+    light: int
+    heavy: int
+    router_ratio: float
+    disc_ratio: float
+    tau: float
+    served: np.ndarray  # model id per image (prompt-major: prompt i's k images together)
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        return (self.light, self.heavy)
+
+
+def grid_points(
+    scores: Mapping[int, np.ndarray],
+    router_scores: np.ndarray,
+    pairs: Sequence[tuple[int, int]],
+    router_ratios: Sequence[float] = GRID,
+    disc_ratios: Sequence[float] = GRID,
+    images_per_prompt: int = 1,
+) -> Iterator[GridPoint]:
+    """Every (pair, router ratio, discriminator ratio) with the image each query is served.
+
+    ``router_scores`` has one score per prompt; ``scores`` one per image, ``images_per_prompt``
+    (k) consecutive images per prompt, each image a query of its own (own seed). The router
+    decides per prompt, so a prompt's k queries go the same way: the ``router_ratio`` share of
+    prompts with the highest scores goes heavy; τ rejects the lowest ``disc_ratio`` share of
+    the light images of the rest (``planner.reference_table.reject_threshold``); a rejected
+    query is served the heavy model's image of the same prompt and seed.
+    """
+    k = int(images_per_prompt)
+    if k < 1:
+        raise ValueError(f"images per prompt must be >= 1, got {k}")
+    rs = np.asarray(router_scores, dtype=float)
+    n = len(rs) * k
+    for m, s in scores.items():
+        if len(s) != n:
+            what = "prompts" if k == 1 else f"images ({len(rs)} prompts x {k})"
+            raise ValueError(f"model {m}: {len(s)} scores for {n} {what}")
+    if not pairs:
+        raise ValueError("empty grid: need at least two models to form a pair")
+    for light_id, heavy_id in pairs:
+        lq = np.asarray(scores[light_id], dtype=float)
+        for r in router_ratios:
+            to_heavy = np.repeat(heavy_by_router(rs, r), k)
+            for d in disc_ratios:
+                tau = reject_threshold(lq[~to_heavy], d)
+                served = np.where(to_heavy | (lq < tau), heavy_id, light_id)
+                yield GridPoint(light_id, heavy_id, float(r), float(d), tau, served)
+
+
+def served_mean(values: Mapping[int, np.ndarray], served: np.ndarray) -> float:
+    """Mean over queries of a per-image value (discriminator or CLIP score) of the image
+    each query is served (``served``: model id per image)."""
+    out = np.empty(len(served))
+    for m in np.unique(served):
+        mask = served == m
+        out[mask] = np.asarray(values[int(m)], dtype=float)[mask]
+    return float(out.mean())
+
+
 def grid_table(
     scores: Mapping[int, np.ndarray],
     router_scores: np.ndarray,
@@ -128,42 +194,31 @@ def grid_table(
     disc_ratios: Sequence[float] = GRID,
     theta_fn: Callable[[float], float] | None = None,
     fid_fn: FidFn | None = None,
+    images_per_prompt: int = 1,
 ) -> list[CascadeConfig]:
-    """The cascade table over the grid, from per-prompt scores and router scores.
+    """The cascade table over the grid, from per-image scores and per-prompt router scores.
 
-    For each pair and grid point: the ``router_ratio`` share with the highest router
-    scores goes heavy; τ rejects the lowest ``disc_ratio`` share of the rest (see
-    ``planner.reference_table.reject_threshold``); θ from ``theta_fn`` (NaN without);
-    quality is the mean served score; ``fid`` from ``fid_fn`` when given (metric "fid"),
-    else ``1 - quality`` (metric "disc").
+    Routing as in ``grid_points``; θ from ``theta_fn`` (NaN without); quality is the mean
+    discriminator score of the served images; ``fid`` from ``fid_fn(pair, served)`` when
+    given (metric "fid": the FID of the served image mix), else ``1 - quality`` (metric
+    "disc").
     """
-    rs = np.asarray(router_scores, dtype=float)
-    n = len(rs)
-    for m, s in scores.items():
-        if len(s) != n:
-            raise ValueError(f"model {m}: {len(s)} scores for {n} prompts")
     pairs = list(pairs) if pairs is not None else default_pairs(registry, list(scores))
-    if not pairs:
-        raise ValueError("empty grid: need at least two models to form a pair")
     out: list[CascadeConfig] = []
-    for light_id, heavy_id in pairs:
-        light, heavy = registry.get(light_id), registry.get(heavy_id)
-        lq, hq = np.asarray(scores[light_id]), np.asarray(scores[heavy_id])
-        for r in router_ratios:
-            to_heavy = heavy_by_router(rs, r)
-            for d in disc_ratios:
-                tau = reject_threshold(lq[~to_heavy], d)
-                quality = served_quality(lq, hq, to_heavy, tau)
-                if fid_fn is not None:
-                    served = np.where(to_heavy | (lq < tau), heavy_id, light_id)
-                    fid, metric = float(fid_fn((light_id, heavy_id), served)), "fid"
-                else:
-                    fid, metric = 1.0 - quality, "disc"
-                out.append(CascadeConfig(
-                    light=light_id, heavy=heavy_id, router_ratio=float(r),
-                    theta=theta_fn(r) if theta_fn is not None else math.nan,
-                    disc_ratio=float(d), tau=tau, fid=fid, quality=quality,
-                    service_s=expected_service_s(light.latency_b1, heavy.latency_b1, r, d),
-                    light_s=light.latency_b1, heavy_s=heavy.latency_b1, metric=metric,
-                ))
+    for p in grid_points(scores, router_scores, pairs, router_ratios, disc_ratios,
+                         images_per_prompt):
+        light, heavy = registry.get(p.light), registry.get(p.heavy)
+        quality = served_mean(scores, p.served)
+        if fid_fn is not None:
+            fid, metric = float(fid_fn(p.pair, p.served)), "fid"
+        else:
+            fid, metric = 1.0 - quality, "disc"
+        r, d = p.router_ratio, p.disc_ratio
+        out.append(CascadeConfig(
+            light=p.light, heavy=p.heavy, router_ratio=r,
+            theta=theta_fn(r) if theta_fn is not None else math.nan,
+            disc_ratio=d, tau=p.tau, fid=fid, quality=quality,
+            service_s=expected_service_s(light.latency_b1, heavy.latency_b1, r, d),
+            light_s=light.latency_b1, heavy_s=heavy.latency_b1, metric=metric,
+        ))
     return out

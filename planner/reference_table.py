@@ -141,6 +141,19 @@ def read_hybrid_csv(path: str | os.PathLike[str], registry: Registry) -> list[di
     return rows
 
 
+def csv_latencies(rows: Sequence[dict]) -> dict[int, float]:
+    """Batch-1 seconds per model read off the CSV's ``latency`` column: a row that sends
+    nothing heavy (threshold 0) costs the light model's time, a row with router_ratio 1
+    the heavy model's. A profile of other models carries its own latencies this way."""
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        if r["threshold"] == 0 and r["latency"] > 0:
+            out.setdefault(r["light"], []).append(r["latency"])
+        if r["router_ratio"] == 1 and r["latency"] > 0:
+            out.setdefault(r["heavy"], []).append(r["latency"])
+    return {m: float(np.median(v)) for m, v in out.items()}
+
+
 def expected_service_s(light_s: float, heavy_s: float, router_ratio: float,
                        disc_ratio: float) -> float:
     """Expected service seconds per query: light runs, direct heavy runs, reroutes (both)."""

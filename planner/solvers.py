@@ -9,13 +9,19 @@ gurobipy from PyPI runs under a size-limited licence (about 2000 variables and 2
 constraints): a larger model, a missing licence or a missing package raise
 ``SolverUnavailable``, and ``solve`` falls back to HiGHS when allowed. Gurobi's console
 output (including the "Restricted license" banner) is switched off before its
-environment starts.
+environment starts; HiGHS prints its banner once per process, from its C++ constructor,
+whatever the options say, so the first ``Highs()`` of a process is made with the C-level
+stdout pointed at stderr (``hadis plan --json`` prints JSON and nothing else).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +65,26 @@ class SolverResult:
     note: str = ""
 
 
+# -- console output ----------------------------------------------------------------------
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr for the block: a C library's banner printed with
+    ``printf`` lands on stderr, so a command's stdout stays machine-readable."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no usable stdout: nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 # -- Gurobi ------------------------------------------------------------------------------
 
 _GRB_LOCK = threading.Lock()
@@ -77,10 +103,11 @@ def _gurobi_env():
                 _GRB_ERROR = "gurobipy is not installed"
             else:
                 try:
-                    env = gp.Env(empty=True)
-                    env.setParam("OutputFlag", 0)
-                    env.setParam("LogToConsole", 0)
-                    env.start()
+                    with _stdout_to_stderr():  # a licence banner never lands on stdout
+                        env = gp.Env(empty=True)
+                        env.setParam("OutputFlag", 0)
+                        env.setParam("LogToConsole", 0)
+                        env.start()
                     _GRB_ENV = env
                 except gp.GurobiError as exc:
                     _GRB_ERROR = f"gurobi licence unavailable: {exc}"
@@ -130,12 +157,28 @@ def solve_gurobi(model: MilpModel, time_limit_s: float = 10.0, threads: int = 1
 
 # -- HiGHS -------------------------------------------------------------------------------
 
+_HIGHS_LOCK = threading.Lock()
+_HIGHS_BANNER_DONE = False
+
+
+def _new_highs(highspy):
+    """A ``Highs`` instance; the first of the process prints HiGHS's banner on stderr."""
+    global _HIGHS_BANNER_DONE
+    with _HIGHS_LOCK:
+        if _HIGHS_BANNER_DONE:
+            return highspy.Highs()
+        with _stdout_to_stderr():
+            h = highspy.Highs()
+        _HIGHS_BANNER_DONE = True
+        return h
+
+
 def solve_highs(model: MilpModel, time_limit_s: float = 10.0) -> SolverResult:
     try:
         import highspy
     except ImportError:
         raise SolverUnavailable("highspy is not installed") from None
-    h = highspy.Highs()
+    h = _new_highs(highspy)
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", 0.0)

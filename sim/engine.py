@@ -23,9 +23,12 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
   whose light model is no longer the active plan's light model is accepted.
 - A new plan rebinds workers with the fewest moves (``policy.assign_queues``, as the beat;
   spare workers join the busiest queue); a busy worker finishes its batch first;
-  a worker that changes model is unavailable for ``swap_delay_s`` (loading weights);
+  a worker that changes model is unavailable for the new model's swap time (``swap_s`` of
+  its registry entry, declared or measured; else ``swap_delay_s``) (loading weights);
   changing role on the same model is free. Queued queries of a queue that loses all its
-  workers move to the new plan's queue of the same role.
+  workers move to a queue of the new plan that has workers
+  (``policy.orphan_destination``: the same role's queue; a light query not generated yet
+  may go heavy under an all-heavy plan, heavy work never goes light), or stay when none has.
 - Every arrival ends exactly once: ``served`` (on time), ``late`` (served after its
   deadline) or ``dropped`` (predicted to miss it, or still queued when the run ends). Late
   and dropped are SLO violations.
@@ -356,10 +359,16 @@ class Simulation:
         assignment = policy.assign_queues(current, target)
         for w in range(self.s.workers):
             self._retarget(w, assignment.get(str(w)))
-        # Queued work on queues that lost every worker moves to the same role's new queue.
+        # Queued work on queues that lost every worker moves to a queue that has one
+        # (``policy.orphan_destination``, the live beat's rule); with none it stays.
+        served = set(assignment.values())
         for q, dq in list(self.queues.items()):
-            dest = policy.orphan_destination(active, q)
-            if dq and target.get(q, 0) == 0 and dest != q:
+            dest = policy.orphan_destination(active, q, served) if dq else None
+            if dest is not None:
+                if dest.startswith("heavy_") and not q.startswith("heavy_"):
+                    # light work moved heavy gets the heavy image (FID counts it so)
+                    for i in dq:
+                        self.path[i] = PATHS.index("direct")
                 self.queues.setdefault(dest, deque()).extend(dq)
                 dq.clear()
         for w in range(self.s.workers):
@@ -379,7 +388,8 @@ class Simulation:
             return
         old_model = None if old is None else self.registry.by_queue(old).id
         if old_model is not None and old_model != self.registry.by_queue(new).id:
-            self.w_ready_at[w] = self.now + self.s.swap_delay_s
+            spec = self.registry.by_queue(new)
+            self.w_ready_at[w] = self.now + spec.swap_seconds(self.s.swap_delay_s)
             self.w_busy[w] = True
             self._push(self.w_ready_at[w], _READY, w, None)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from planner.registry import Registry
 from sim.engine import DROPPED, LATE, PATHS, SERVED, STATUS_NAMES, SimResult, SimSettings
 from sim.fid import FidSurface
 
@@ -210,14 +211,14 @@ def plan_timeline(plans: Mapping[int, Mapping], *, t0: float, time_scale: float,
     return out
 
 
-def grid_surface(profile_dir: str | Path) -> FidSurface:
-    """The FID surface of a profiled hybrid grid (``config_results_hybrid.csv`` of the
-    reference ``profile-sd35`` folder): the simulator's FID estimate, read the same way."""
+def grid_surface(profile_dir: str | Path, registry: Registry) -> FidSurface:
+    """The FID surface of a profiled hybrid grid (``config_results_hybrid.csv`` of an
+    artifact-layout folder, model ids of the deployment's ``registry``): the simulator's
+    FID estimate, read the same way."""
     from planner.cascade import CascadeConfig
     from planner.reference_table import HYBRID_CSV, read_hybrid_csv
-    from planner.registry import sd35_registry
 
-    rows = read_hybrid_csv(Path(profile_dir) / HYBRID_CSV, sd35_registry())
+    rows = read_hybrid_csv(Path(profile_dir) / HYBRID_CSV, registry)
     return FidSurface(CascadeConfig(light=r["light"], heavy=r["heavy"],
                                     router_ratio=r["router_ratio"], theta=math.nan,
                                     disc_ratio=r["disc_ratio"], tau=math.nan, fid=r["fid"])

@@ -1,7 +1,9 @@
 """The simulated cluster of the paper's evaluation, built from the reference measurements.
 
-Defaults (documented in the README): 16 workers, SLO 60 s, the sd35 registry (batch-1
-latencies of the reference README, the registry's batch-latency assumption), the full
+Defaults (documented in the README): 16 workers, SLO 60 s, the deployment's planned models
+(``HADIS_DEPLOYMENT``; the packaged ``sd35-replay`` by default: batch-1 latencies of the
+reference README, the registry's batch-latency assumption) with the per-prompt scores and
+the grid of its ``[table] profile_dir`` and ``prompts``, the full
 hybrid grid for the FID surface and for the planners (the MILP's presolve drops dominated
 rows itself; baselines that may only use some rows, such as DiffServe's one pair, need the
 rows a global Pareto front would have dropped as duplicates), the shipped tuned
@@ -22,7 +24,7 @@ from hadis_celery.settings import settings
 from planner.cascade import CascadeConfig
 from planner.pareto import pareto_front
 from planner.reference_table import load_reference_table, load_scores
-from planner.registry import Registry, sd35_registry
+from planner.registry import Registry
 from sim.engine import SimSettings
 from sim.fid import FidSurface
 from sim.workload import PromptSet, derived_set, scored_set
@@ -63,22 +65,41 @@ def _router(profile_path: str, lexicon: str | None) -> HardnessRouter:
 
 def default_scenario(ref: Path | None = None, *, workers: int = 16, slo_s: float = 60.0,
                      seed: int = 0) -> Scenario:
+    """The simulated cluster of the deployment (traces and the DiffusionDB prompts come
+    from ``ref``, the reference folder)."""
     ref = Path(ref) if ref else reference_dir()
-    return _scenario(str(ref), workers, slo_s, seed)
+    s = settings()
+    return _scenario(str(ref), workers, slo_s, seed, s.deployment, s.backend, s.model_paths,
+                     str(s.router_profile))
 
 
 @lru_cache(maxsize=4)
-def _scenario(ref_s: str, workers: int, slo_s: float, seed: int) -> Scenario:
+def _scenario(ref_s: str, workers: int, slo_s: float, seed: int, *_deployment_key: str
+              ) -> Scenario:
+    from hadis_celery.deployment import import_registry, load
+
     ref = Path(ref_s)
     s = settings()
-    lexicon = ref / "router" / "concreteness.csv"
+    dep = load(s.deployment or "sd35-replay")
+    if dep.profile_dir is None or dep.prompts is None:
+        raise ValueError(f"deployment {dep.name}: the simulator needs [table] profile_dir "
+                         "(config_results_hybrid.csv, scores_model_K.txt) and prompts")
+    lexicon = dep.lexicon or ref / "router" / "concreteness.csv"
     router = _router(str(s.router_profile), str(lexicon) if lexicon.is_file() else None)
-    prompts = read_prompts(ref / "prompts" / "imagenet1k_captions_5k.txt")
-    registry = sd35_registry()
-    scores = load_scores(ref / "profile-sd35", len(prompts))
+    prompts = read_prompts(dep.prompts)
+    full, _ = import_registry(dep.profile_dir, s)
+    planned = {m.id for m in dep.models if m.plan}
+    registry = Registry(tuple(m for m in full if m.id in planned))
+    all_scores = load_scores(dep.profile_dir, len(prompts))
+    scores = {m: v for m, v in all_scores.items() if m in planned}
     imagenet = scored_set("imagenet", prompts, router, scores)
-    grid = load_reference_table(ref / "profile-sd35", registry, router.profile,
-                                router_scores=imagenet.router_score, scores=scores)
+    grid = [c for c in load_reference_table(dep.profile_dir, full, router.profile,
+                                            router_scores=imagenet.router_score,
+                                            scores=all_scores)
+            if c.light in planned and c.heavy in planned]
+    if not grid:
+        raise ValueError(f"deployment {dep.name}: no profiled pair of two planned models in "
+                         f"{dep.profile_dir}")
     pareto = list(pareto_front(grid))
     sim = SimSettings(workers=workers, slo_s=slo_s, period_s=PERIOD_S,
                       swap_delay_s=SWAP_DELAY_S, seed=seed)

@@ -1,9 +1,10 @@
-"""Worker-side remote control: a heartbeat bootstep and the ``hadis_worker`` inspect command.
+"""Worker-side remote control: a heartbeat bootstep.
 
 The heartbeat (every ``HADIS_HEARTBEAT_S``, in the worker's main process) writes a Redis key
 with a time to live (the beat task's list of live workers, and their queues) and the
-worker's SQL heartbeat row. ``hadis_worker`` answers, through Celery's inspect API, which
-queues the worker consumes and the batch size the active plan gives each of them.
+worker's SQL heartbeat row. The ``hadis_worker`` inspect command (which queues the worker
+consumes and the batch size the active plan gives each) is registered beside the app, in
+``hadis_celery.remote``, so that ``celery -A hadis_celery inspect hadis_worker`` knows it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import logging
 import time
 
 from celery import bootsteps
-from celery.worker.control import inspect_command
 
 from hadis_celery.celery import app
 from hadis_celery.deployment import CONTROL_QUEUE
+from hadis_celery.remote import worker_view
 
 log = logging.getLogger(__name__)
 _live = None
@@ -24,38 +25,10 @@ _live = None
 def _state():
     global _live
     if _live is None:
-        from hadis_celery.live import LiveState
+        from hadis_celery.remote import live_state
 
-        _live = LiveState.from_url(app.conf.hadis_settings.state_url)
+        _live = live_state(app.conf.hadis_settings.state_url)
     return _live
-
-
-def worker_view(consumer) -> dict:
-    """The worker's queues, and B for each from the active plan (1 when not planned)."""
-    from hadis_celery.deployment import registry
-
-    queues = sorted(q.name for q in consumer.task_consumer.queues) \
-        if consumer.task_consumer is not None else []
-    reg = registry(app.conf.hadis_settings)
-    try:
-        plan = _state().get_plan()
-    except Exception:
-        plan = None
-    batch, models = {}, {}
-    for q in queues:
-        if q == CONTROL_QUEUE:
-            continue
-        spec = reg.by_queue(q)
-        models[q] = spec.id
-        batch[q] = plan.batch_for(spec.id, max(spec.batch_sizes)) if plan else 1
-    return {"queues": queues, "models": models, "batch": batch,
-            "plan_id": plan.plan_id if plan else None}
-
-
-@inspect_command()
-def hadis_worker(state) -> dict:
-    """``app.control.broadcast('hadis_worker', reply=True, destination=[...])``."""
-    return worker_view(state.consumer)
 
 
 class Heartbeat(bootsteps.StartStopStep):

@@ -19,9 +19,14 @@
    backend is interrupted, the batch's queries fail with the reason, the worker is free);
    light outputs are judged by ``policy.verdict``: accepted, or rerouted to the plan's heavy
    queue with the original deadline (row first, then message);
-5. images go to ``image_dir/<id>.png``, the rows are updated (only those still carrying the
-   batch's token: a row the sweeper took away keeps its new owner's result), with retries
-   for ``HADIS_SQL_RETRY_S`` while SQL is unavailable; the heartbeat row is updated too.
+5. images go to ``image_dir/<id>.png`` (a temporary file, then a rename); when the image store
+   refuses a write (disk full, read-only), the rest of the batch fails at once with that
+   reason, no temporary file is left, and the fault is recorded in Redis for
+   ``HADIS_STORAGE_RETRY_S`` (``LiveState.storage_fault``: the front door refuses new work,
+   ``/v1/health`` reports it; a later successful write clears it). The rows are updated
+   (only those still carrying the batch's token: a row the sweeper took away keeps its new
+   owner's result), with retries for ``HADIS_SQL_RETRY_S`` while SQL is unavailable; the
+   heartbeat row is updated too.
 
 A message that cannot be sent (Redis down) leaves its row back-dated (``store.mark_unsent``)
 so the next sweep sends it. Every state change is one structured log event with the
@@ -32,6 +37,7 @@ a result could not be written or was no longer ours to write).
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -42,7 +48,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from celery import Celery
@@ -50,6 +55,7 @@ from sqlalchemy import Engine
 
 from hadis_celery import policy, store
 from hadis_celery.deployment import load_table
+from hadis_celery.imagestore import image_store
 from hadis_celery.live import GENERATE_TASK, LiveState, QueuedMessage
 from hadis_celery.logs import event
 from hadis_celery.settings import Settings
@@ -188,9 +194,13 @@ class WorkerRuntime:
         self.backend = None
         self.discriminator = None
         self.last_plan: policy.ActivePlan | None = None
-        self.image_dir = Path(s.image_dir)
-        self.image_dir.mkdir(parents=True, exist_ok=True)
+        self.images = image_store(s)  # a folder or an fsspec URL (hadis_celery.imagestore)
+        self.images.ensure()
+        self.image_dir = self.images.location  # for messages and the storage fault
         self.lease = Lease(self.engine, s.lease_s)
+        self._storage_faulted = False  # this process recorded a storage fault
+        self.loads: list[dict] = []
+        self._hostname = ""  # this process's timed model loads (tests, logs)
 
     # -- plan, backend, timing --------------------------------------------------------
     def plan(self, spec: ModelSpec, queue: str) -> policy.ActivePlan:
@@ -202,23 +212,62 @@ class WorkerRuntime:
             log.warning("cannot read the plan (%s); keeping the last one", exc)
         return self.last_plan or fallback_plan(spec, queue)
 
-    def backend_for(self, spec: ModelSpec):
-        """The loaded backend for ``spec``; switching models unloads the previous one."""
+    def backend_for(self, spec: ModelSpec, hostname: str = ""):
+        """The loaded and warmed-up backend for ``spec``; switching models unloads the
+        previous one. A load is timed (unload + load, then the warm-up generation) and,
+        for backends that really load weights, recorded in SQL (``model_loads``): the
+        beat plans with each model's measured swap time (``store.measured_swap_s``)."""
         from workers.backends import is_replay, load_backend
 
         if self.backend is not None and self.backend.spec.id == spec.id:
             return self.backend
         switching = self.backend is not None
+        t0 = time.perf_counter()
         if self.backend is not None:
             log.info("switching model %s -> %s", self.backend.spec.name, spec.name)
             self.backend.unload()
             self.backend = None
         opts = {}
-        if is_replay(spec.backend):  # a swap costs what the simulator charges for it
+        replay = is_replay(spec.backend)
+        if replay:  # a swap costs what the simulator charges for it (the model's own)
             opts = {"time_factor": self.s.time_factor,
-                    "load_delay_s": self.s.swap_delay_s if switching else 0.0}
-        self.backend = load_backend(spec, **opts)
+                    "load_delay_s": spec.swap_seconds(self.s.swap_delay_s) if switching
+                    else 0.0}
+        backend = load_backend(spec, **opts)
+        t1 = time.perf_counter()
+        try:
+            backend.warmup()  # the first real batch must not pay set-up
+        except Exception:
+            backend.unload()
+            raise
+        t2 = time.perf_counter()
+        self.backend = backend
+        kind = "swap" if switching else "start"
+        self.loads.append({"model": spec.name, "kind": kind, "load_s": t1 - t0,
+                           "warmup_s": t2 - t1})
+        event(log, "model.loaded", model=spec.name, backend=spec.backend, kind=kind,
+              load_s=round(t1 - t0, 4), warmup_s=round(t2 - t1, 4))
+        if not replay:  # replay sleeps the declared delay: nothing to measure
+            try:
+                store.record_load(self.engine, model=spec.name, worker=hostname,
+                                  backend=spec.backend, kind=kind, load_s=t1 - t0,
+                                  warmup_s=t2 - t1, at=time.time())
+            except Exception as exc:  # SQL down: the planner keeps the declared time
+                log.warning("model load of %s not recorded (%s)", spec.name, _first_line(exc))
         return self.backend
+
+    def preload(self, queues: Sequence[str], hostname: str = "") -> ModelSpec | None:
+        """Load and warm up the model of the worker's first model queue, before the worker
+        takes a message (called from the pool child's start, ``workers.tasks``). Returns the
+        model, or None when no queue is a model queue (the planner's worker)."""
+        for q in queues:
+            try:
+                spec = self.reg.by_queue(q)
+            except KeyError:
+                continue
+            self.backend_for(spec, hostname)
+            return spec
+        return None
 
     def seconds(self, spec: ModelSpec) -> Callable[[int], float]:
         """Predicted wall seconds of a batch of ``b`` on this worker."""
@@ -308,6 +357,7 @@ class WorkerRuntime:
 
     # -- one message ------------------------------------------------------------------
     def run(self, first: QueuedMessage, hostname: str) -> BatchReport:
+        self._hostname = hostname
         queue = first.queue
         spec = self.reg.by_queue(queue)
         if self.backend is not None and self.backend.spec.id != spec.id and not first.swapped:
@@ -368,7 +418,7 @@ class WorkerRuntime:
         event(log, "query.given_back", query_id=first.query_id, queue=first.queue,
               reason=f"worker swapping to {spec.name}")
         try:
-            self.backend_for(spec)
+            self.backend_for(spec, self._hostname)
         except Exception:  # the next message on this queue retries and fails its rows
             log.exception("cannot load %s", spec.name)
         return report
@@ -378,7 +428,7 @@ class WorkerRuntime:
                report: BatchReport) -> None:
         """The claimed rows: load the model, drop, give back, run the batch."""
         try:
-            backend = self.backend_for(spec)
+            backend = self.backend_for(spec, self._hostname)
         except Exception as exc:
             log.exception("cannot load %s", spec.name)
             self._fail(rows, token, f"{spec.name}: the {spec.backend} backend could not load: "
@@ -462,26 +512,46 @@ class WorkerRuntime:
             return
         now = time.time()
         updates, outcome = [], {}
+        unsaved: OSError | None = None  # the image store refused a write: the rest fail
         for r, img, q, c in zip(batch, gen.images, quality, clip, strict=True):
             models = list(r.models or []) + [spec.id]
             base = {"id": r.id, "models": models, "model_s": (r.model_s or 0.0) + gen.seconds}
+            if gen.params is not None:  # what this model ran with (the served one last)
+                base["params"] = gen.params
             judged = q is not None and not math.isnan(q)
             if judged and policy.verdict(plan, queue, spec.id, q) == policy.REROUTE:
                 updates.append({**base, "status": "rerouted", "queue": plan.heavy_queue,
                                 "light_quality": q, "attempts": (r.attempts or 0) + 1})
                 outcome[r.id] = ("rerouted", r, q)
                 continue
-            name = f"{r.id}.png"
-            img.save(self.image_dir / f".{name}.tmp", format="PNG")
-            os.replace(self.image_dir / f".{name}.tmp", self.image_dir / name)
-            extra = {"light_quality": q} if policy.discriminates(plan, queue, spec.id) else {}
+            if unsaved is None:
+                try:
+                    name = self._save_image(img, r.id)
+                except OSError as exc:
+                    unsaved = exc
+            if unsaved is not None:
+                updates.append({**base, "status": "failed", "finished_at": now,
+                                "reason": self._storage_reason(unsaved)})
+                outcome[r.id] = ("failed", r, q)
+                continue
+            extra = ({"light_quality": q}
+                     if policy.discriminates(plan, queue, spec.id) else {})
             updates.append({**base, **extra, "status": "done", "served_model": spec.id,
                             "quality": q, "clip": c, "image": name, "finished_at": now})
             outcome[r.id] = ("done", r, q)
+        if unsaved is not None:
+            self._storage_failed(unsaved, token)
+        elif self._storage_faulted and any(o[0] == "done" for o in outcome.values()):
+            self._storage_recovered()
         applied = self._record(updates, token, now, report)
         resend = []
         for qid, (what, r, q) in outcome.items():
             if qid not in applied:
+                continue
+            if what == "failed":
+                report.failed.append(qid)
+                event(log, "query.failed", logging.WARNING, query_id=qid, queue=queue,
+                      worker=token, reason=self._storage_reason(unsaved), status="failed")
                 continue
             if what == "rerouted":
                 report.rerouted.append(qid)
@@ -502,6 +572,45 @@ class WorkerRuntime:
                 self.live.count_enqueue(plan.heavy_queue)
             except Exception:  # demand is a little under-counted
                 pass
+
+    # -- the image store ----------------------------------------------------------------
+    def _save_image(self, img, query_id: str) -> str:
+        """Write ``<id>.png`` through the image store, atomically (a folder: a temporary
+        file, then a rename; a failed write leaves no temporary file behind). Returns the
+        file name; raises ``OSError``."""
+        return self.images.write_png(f"{query_id}.png", img)
+
+    @staticmethod
+    def _errno(exc: OSError | None) -> str:
+        """``ENOSPC: No space left on device``, or the error's first line."""
+        if exc is not None and exc.errno:
+            return f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+        return _first_line(exc) if exc is not None else "?"
+
+    def _storage_reason(self, exc: OSError | None) -> str:
+        return (f"the image store {self.image_dir} cannot be written ({self._errno(exc)}); "
+                "the image was generated but not saved, and the query is not retried")
+
+    def _storage_failed(self, exc: OSError, token: str) -> None:
+        """Record that the image store refused a write, for ``HADIS_STORAGE_RETRY_S``: the
+        front door refuses new work and ``/v1/health`` reports it meanwhile."""
+        info = {"worker": token, "dir": str(self.image_dir), "t": time.time(),
+                "errno": self._errno(exc), "error": self._storage_reason(exc)}
+        event(log, "storage.unwritable", logging.ERROR, worker=token, dir=str(self.image_dir),
+              reason=info["error"])
+        self._storage_faulted = True
+        try:
+            self.live.set_storage_fault(info, self.s.storage_retry_s)
+        except Exception as exc2:  # Redis down: the queries still fail with the reason
+            log.warning("cannot record the storage fault (%s)", _first_line(exc2))
+
+    def _storage_recovered(self) -> None:
+        try:
+            self.live.clear_storage_fault()
+            self._storage_faulted = False
+            event(log, "storage.writable", dir=str(self.image_dir))
+        except Exception as exc:
+            log.warning("cannot clear the storage fault (%s)", _first_line(exc))
 
     def _heartbeat(self, hostname: str, spec: ModelSpec, queue: str,
                    plan: policy.ActivePlan) -> None:

@@ -6,7 +6,9 @@
   that ignores the per-batch limit; when SQL is unavailable the message is requeued after a
   back-off (the worker cannot claim anything, and the message must not be lost).
 - ``hadis.plan``: the beat's planner tick (``planner.beat.PlanLoop.tick``).
-- ``hadis.sweep``: re-send accepted queries whose message was lost (``planner.beat.sweep``).
+- ``hadis.sweep``: re-send accepted queries whose message was lost, move work off queues no
+  worker consumes (``planner.beat.sweep``).
+- ``hadis.prune``: retention, when ``HADIS_PRUNE_AFTER`` is set (``planner.beat.prune``).
 - ``hadis.bench_sleep``: a bare task for ``bench.frontdoor``'s baseline.
 """
 
@@ -17,12 +19,13 @@ import logging
 import time
 
 from celery.exceptions import Reject
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 
 from hadis_celery.celery import app, hard_time_limit_s
 from hadis_celery.deployment import registry
 from hadis_celery.live import GENERATE_TASK, QueuedMessage
 from hadis_celery.logs import event
+from workers import metrics as _metrics  # noqa: F401  (the exporter's signal handlers)
 
 log = logging.getLogger(__name__)
 SQL_BACKOFF_MAX_S = 5.0
@@ -43,13 +46,36 @@ def plan_loop():
     return PlanLoop.from_settings(app.conf.hadis_settings, app)
 
 
+_WORKER: dict = {"hostname": "", "queues": []}  # set in the main process, seen by children
+
+
+@celeryd_after_setup.connect
+def _setup(sender=None, instance=None, **_) -> None:
+    """Remember the worker's name and ``-Q`` queues before the pool starts (its children
+    inherit them); a solo pool runs tasks in this process, so it preloads here."""
+    _WORKER["hostname"] = str(sender or "")
+    try:
+        _WORKER["queues"] = list(instance.app.amqp.queues.consume_from or {})
+    except AttributeError:
+        _WORKER["queues"] = []
+    if "solo" in str(getattr(instance, "pool_cls", "")).lower():
+        _warm()
+
+
 @worker_process_init.connect
 def _warm(**_) -> None:
-    """Open SQL and Redis in each pool process before its first message arrives."""
+    """Open SQL and Redis, then load and warm up the model of the worker's queue, in each
+    pool process before it reports up (so before it takes a message): the first batch does
+    not pay the load (``worker_proc_alive_timeout`` allows for it)."""
     try:
-        runtime()
+        rt = runtime()
     except Exception:  # reported again, with context, by the first task
-        pass
+        log.exception("worker runtime not ready")
+        return
+    try:
+        rt.preload(_WORKER["queues"], _WORKER["hostname"])
+    except Exception:  # the first message retries the load and fails its rows with why
+        log.exception("cannot preload the model of %s", _WORKER["queues"])
 
 
 def sql_backoff_s(failures: int) -> float:
@@ -89,6 +115,13 @@ def plan_tick() -> dict:
 @app.task(name="hadis.sweep")
 def sweep() -> dict:
     return plan_loop().sweep()
+
+
+@app.task(name="hadis.prune")
+def prune() -> dict:
+    """``HADIS_PRUNE_AFTER``: finished queries with their images, unreferenced images, old
+    plans and dead messages (``hadis_celery.retention``), scheduled only when it is set."""
+    return plan_loop().prune()
 
 
 @app.task(name="hadis.bench_sleep", ignore_result=False, acks_late=False)

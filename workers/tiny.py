@@ -111,3 +111,62 @@ def tiny_clip_model(seed: int = 0, image_size: int = 32, width: int = 32) -> CLI
         torch.manual_seed(seed)
         model = CLIPModel(config)
     return model.eval()
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict[str, Any]:
+    """The components of a StableDiffusionXLPipeline (two text encoders, a UNet with SDXL's
+    size-and-crop conditioning), random weights fixed by ``seed``: a second architecture
+    for tests, built offline like ``tiny_pipeline_components``."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    width = TINY_WIDTH
+    time_dim = 8
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
+            out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+            use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim, transformer_layers_per_block=(1, 1),
+            # 6 size/crop numbers x time_dim, plus the pooled text embedding
+            projection_class_embeddings_input_dim=6 * time_dim + width,
+            cross_attention_dim=2 * width, norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), layers_per_block=1,
+            norm_num_groups=32, sample_size=64,
+        )
+        config = CLIPTextConfig(**tiny_text_config(width), projection_dim=width)
+        text_encoder = CLIPTextModel(config)
+        text_encoder_2 = CLIPTextModelWithProjection(config)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading",
+    )
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval()
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder,
+            "text_encoder_2": text_encoder_2, "tokenizer": tiny_tokenizer(),
+            "tokenizer_2": tiny_tokenizer(), "scheduler": scheduler,
+            "image_encoder": None, "feature_extractor": None}
+
+
+def save_tiny_pipeline(folder: str | Path, arch: str = "sd", seed: int = 0) -> Path:
+    """Write a tiny pipeline folder with ``save_pretrained`` (``arch``: ``sd`` for SD-1.x,
+    ``sdxl``), loadable by the diffusers backend like any real model folder."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if arch == "sd":
+        pipe = StableDiffusionPipeline(**tiny_pipeline_components(seed),
+                                       requires_safety_checker=False)
+    elif arch == "sdxl":
+        pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed))
+    else:
+        raise ValueError(f"unknown tiny architecture {arch!r} (sd, sdxl)")
+    pipe.save_pretrained(str(folder))
+    return Path(folder)

@@ -87,3 +87,76 @@ def current(url: str | None) -> None:
     except SQLAlchemyError as exc:
         raise _fail(url, exc) from exc
     click.echo(f"database: {rev or 'empty'}; code head: {db.head_revision()}")
+
+
+class Duration(click.ParamType):
+    """A duration such as ``30d``, ``12h``, ``1d12h`` or plain seconds, more than 0."""
+
+    name = "DURATION"
+
+    def convert(self, value, param, ctx) -> float:
+        from hadis_celery.retention import parse_duration
+
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be more than 0 (e.g. 30d)", param, ctx)
+        return seconds
+
+
+@command.command("prune")
+@click.option("--older-than", "age", type=Duration(), required=True,
+              help="Remove what ended or was made longer ago than this (30d, 12h, 1d12h, "
+                   "or seconds).")
+@click.option("--images", is_flag=True,
+              help="Also remove image files no query row references, and .tmp leftovers.")
+@click.option("--plans", is_flag=True,
+              help="Also remove old plan rows (never the active plan, the latest, or one an "
+                   "open query references).")
+@click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
+@url_option
+def prune(age: float, images: bool, plans: bool, dry_run: bool, url: str | None) -> None:
+    """Remove finished queries older than --older-than with their images, and dead Redis
+    messages (of queries that ended or are gone); open queries are never touched.
+    HADIS_PRUNE_AFTER makes the beat do this periodically (with --images and --plans)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hadis_celery import db
+    from hadis_celery.imagestore import image_store
+    from hadis_celery.retention import format_duration
+    from hadis_celery.retention import prune as run_prune
+    from hadis_celery.settings import settings
+
+    s = settings()
+    try:
+        engine = db.make_engine(url)
+        try:
+            db.ensure_schema(engine)
+            live, queues = _redis(s)
+            rep = run_prune(engine, age, store=image_store(s), live=live, queues=queues,
+                            images=images, plans=plans, dry_run=dry_run)
+        finally:
+            engine.dispose()
+    except SQLAlchemyError as exc:
+        raise _fail(url, exc) from exc
+    click.echo(rep.line(format_duration(age)))
+
+
+def _redis(s):
+    """The live state and the model queues, or (None, ()) with a note when Redis or the
+    deployment cannot be read (SQL and files are still pruned)."""
+    try:
+        from hadis_celery.deployment import load_table, model_queues
+        from hadis_celery.live import LiveState
+
+        live = LiveState.from_url(s.state_url)
+        live.ping()
+        return live, model_queues(load_table(s).registry)
+    except Exception as exc:  # any reason: say it, and prune SQL and files anyway
+        click.echo(f"note: Redis at {s.state_url} not pruned ({type(exc).__name__}: "
+                   f"{str(exc).splitlines()[0][:160] if str(exc) else ''})", err=True)
+        return None, ()

@@ -1,4 +1,6 @@
-"""``hadis experiment NAME --out DIR``: the paper's experiments in the simulator."""
+"""``hadis experiment NAME --out DIR``: the paper's experiments in the simulator, on the
+deployment's models (``HADIS_DEPLOYMENT``) and its ``[table] profile_dir``; a baseline the
+table cannot support is reported as not run, with the reason."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import click
 
 from hadis_celery.reference import ReferenceDataError
-from sim.experiments import EXPERIMENTS, run_experiment
+from sim.experiments import EXPERIMENTS, REFUSED, run_experiment
 from sim.report import markdown_table
 
 
@@ -44,4 +46,6 @@ def command(name: str, out: str, workers: int, slo_s: float, trace: str | None,
     if rows and "slo_multiplier" in rows[0]:
         cols.insert(0, "slo_multiplier")
     click.echo(markdown_table(rows, cols))
+    for policy, why in sorted(REFUSED.items()):
+        click.echo(f"{policy}: not run: {why}")
     click.echo(f"outputs in {out}/")

@@ -1,17 +1,15 @@
 """``hadis plan``: solve one planning period offline and print the plan.
 
-The table comes from a profile stored in SQL (``hadis profile import``), by name; when the
-database has no profile ``sd35``, the name ``sd35`` means the packaged Pareto table
-(``hadis_celery/data/profile_sd35.json``) or, without it, the reference measurements in
-``../shared/reference/profile-sd35`` (rows built by ``planner.reference_table``, θ from the
-settings' router profile). ``--profile`` may also name a profile folder or a profile JSON
-file (``hadis profile export``).
+The table is the deployment's (``HADIS_DEPLOYMENT``; the packaged ``sd35-replay`` when
+unset) or ``--profile``: a profile stored in SQL (``hadis profile import``) by name, a
+profile folder in the artifact's layout, or a profile JSON file (``hadis profile export``).
+A name the database does not hold that is the deployment table's own name means that table.
+Every table is aligned with the deployment: only its deployed, planned models are planned.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -20,64 +18,17 @@ from planner.plan import PlannerInputError, PlannerState, QueueState
 from planner.solvers import SOLVERS, SolverUnavailable
 
 
-def _reference_table(profile_dir: Path):
-    from planner.reference_table import load_reference_table
-    from planner.registry import sd35_registry
-
-    registry = sd35_registry()
-    rp = None
-    try:
-        from hadis_celery.router.profile import RouterProfile
-        from hadis_celery.settings import settings
-
-        path = settings().router_profile
-        if Path(path).is_file():
-            rp = RouterProfile.load(path)
-    except (OSError, ValueError):
-        rp = None
-    return load_reference_table(profile_dir, registry, rp), registry
-
-
-def load_profile(profile: str, version: int | None, url: str | None
+def load_profile(profile: str | None, version: int | None, url: str | None
                  ) -> tuple[list, object, str]:
-    """(rows, registry, where they came from) for ``--profile``."""
-    from hadis_celery.reference import reference_dir
-    from planner.reference_table import ProfileDataError
-    from planner.table import ProfileTable, ProfileTableError
+    """(rows, registry, where they came from) for ``--profile`` (the deployment's resolver,
+    ``hadis_celery.deployment.table_for``; no ``--profile``: the deployment's table)."""
+    from hadis_celery.deployment import table_for
 
-    p = Path(profile)
     try:
-        if p.is_file():
-            t = ProfileTable.load(p)
-            return list(t.rows), t.registry, f"file {p}"
-        if p.is_dir():
-            rows, reg = _reference_table(p)
-            return rows, reg, f"folder {p}"
-    except (ProfileDataError, ProfileTableError, OSError) as exc:
+        t, source = table_for(profile, version, url)
+    except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    from hadis_celery.commands.profile import load_table
-
-    try:
-        t, _ = load_table(profile, version, url)
-        return list(t.rows), t.registry, f"SQL profile {t.name} v{t.version}"
-    except click.ClickException as exc:
-        if profile != "sd35":
-            raise
-        from planner.table import PACKAGED_SD35
-
-        try:
-            if PACKAGED_SD35.is_file():
-                t = ProfileTable.load(PACKAGED_SD35)
-                click.echo(f"note: {exc.message}; using the packaged table {PACKAGED_SD35}",
-                           err=True)
-                return list(t.rows), t.registry, f"packaged {PACKAGED_SD35}"
-            folder = reference_dir() / "profile-sd35"
-            click.echo(f"note: {exc.message}; using the reference measurements in {folder}",
-                       err=True)
-            rows, reg = _reference_table(folder)
-        except (ProfileDataError, ProfileTableError, OSError) as exc2:
-            raise click.ClickException(str(exc2)) from exc2
-        return rows, reg, f"reference {folder}"
+    return list(t.rows), t.registry, source
 
 
 def _queues(specs: tuple[str, ...]) -> dict[str, QueueState]:
@@ -94,7 +45,8 @@ def _queues(specs: tuple[str, ...]) -> dict[str, QueueState]:
 
 
 @click.command("plan")
-@click.option("--profile", required=True, help="Stored profile name, profile folder or JSON.")
+@click.option("--profile", default=None,
+              help="Stored profile name, profile folder or JSON (default: the deployment's).")
 @click.option("--version", "version", type=int, default=None, help="Profile version.")
 @click.option("--url", default=None, metavar="URL", help="Database URL (default: settings).")
 @click.option("--demand", type=float, required=True, help="Demand λ, queries per second.")
@@ -106,9 +58,9 @@ def _queues(specs: tuple[str, ...]) -> dict[str, QueueState]:
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="gurobi", show_default=True,
               help="MILP solver (gurobi falls back to highs when unlicensed or too large).")
 @click.option("--queue", "queue_specs", multiple=True, metavar="QUEUE=LEN[@RATE]",
-              help="Current backlog (and arrivals/s) of a queue, e.g. heavy_sd35_large=12@0.5.")
+              help="Current backlog (and arrivals/s) of a queue, e.g. heavy_big=12@0.5.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
-def command(profile: str, version: int | None, url: str | None, demand: float, workers: int,
+def command(profile: str | None, version: int | None, url: str | None, demand: float, workers: int,
             slo_s: float, planner_name: str, solver: str, queue_specs: tuple[str, ...],
             as_json: bool) -> None:
     """Pick the configuration, workers and batch sizes for one demand level."""

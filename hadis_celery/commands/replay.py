@@ -37,7 +37,7 @@ def _trace_path(text: str) -> Path:
               help="Trace file (arrival_ms,prompt_index lines), or a name under the "
                    "reference traces/ folder, e.g. azure_multi_1to20qps.")
 @click.option("--prompts", "prompts_arg", default=None, type=click.Path(dir_okay=False),
-              help="Prompt file the trace indexes (default: the reference ImageNet captions).")
+              help="Prompt file the trace indexes (default: the deployment's [table] prompts).")
 @click.option("--url", default="http://127.0.0.1:8000", show_default=True,
               help="Base URL of the front door.")
 @click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
@@ -57,8 +57,8 @@ def _trace_path(text: str) -> Path:
               show_default=True,
               help="Wall seconds to wait for open queries after the last deadline.")
 @click.option("--grid", default=None, type=click.Path(file_okay=False),
-              help="Profiled grid folder for the FID estimate (default: the reference "
-                   "profile-sd35).")
+              help="Profiled grid folder for the FID estimate (default: the deployment's "
+                   "[table] profile_dir).")
 @click.option("--api-key", default=None, envvar="HADIS_API_KEY",
               help="X-API-Key for a front door with keys (or HADIS_API_KEY).")
 @click.option("--out", default="out/replay", show_default=True,
@@ -70,8 +70,9 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
     """Replay a trace against a live front door and report like the simulator."""
     from tqdm import tqdm
 
+    from hadis_celery.deployment import deployment, load_table
     from hadis_celery.loadgen import Client, Endpoint, health, replay, select_arrivals
-    from hadis_celery.reference import ReferenceDataError, read_prompts, reference_dir
+    from hadis_celery.reference import ReferenceDataError, read_prompts
     from sim.engine import SimSettings
     from sim.live import grid_surface, live_result, overheads, write_report
     from sim.trace import TraceError, read_trace
@@ -81,8 +82,15 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
     trace_path = _trace_path(trace_arg)
-    prompts_path = Path(prompts_arg) if prompts_arg else (
-        reference_dir() / "prompts" / "imagenet1k_captions_5k.txt")
+    try:
+        dep = deployment()
+        registry = load_table().registry
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if prompts_arg is None and dep.prompts is None:
+        raise click.ClickException(f"deployment {dep.name} declares no [table] prompts: "
+                                   "pass --prompts")
+    prompts_path = Path(prompts_arg) if prompts_arg else dep.prompts
     try:
         prompts = read_prompts(prompts_path)
         trace = read_trace(trace_path, n_prompts=len(prompts))
@@ -101,9 +109,12 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
     if status != 200:
         raise click.ClickException(f"the front door at {ep} is not healthy (HTTP {status}: "
                                    f"{json.dumps(body)[:200]})")
-    grid_dir = Path(grid) if grid else reference_dir() / "profile-sd35"
+    grid_dir = Path(grid) if grid else dep.profile_dir
     try:
-        surface = grid_surface(grid_dir)
+        if grid_dir is None:
+            raise ValueError(f"deployment {dep.name} declares no [table] profile_dir; "
+                             "pass --grid")
+        surface = grid_surface(grid_dir, registry)
     except (ValueError, OSError) as exc:
         click.echo(f"warning: no FID estimate ({exc})", err=True)
         surface = None
@@ -132,7 +143,8 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
     settings = SimSettings(slo_s=(sorted(slos)[len(slos) // 2] / time_scale) if slos else 60.0)
     res = live_result(run.records, run.plans, t0=run.t0, time_scale=time_scale,
                       surface=surface, settings=settings, name="live",
-                      model_of_queue=_model_of_queue(), fallback=_fallback(surface))
+                      model_of_queue=_model_of_queue(registry),
+                      fallback=_fallback(surface, registry))
     summary = {**res.summary(), **overheads(run.records), "time_scale": time_scale,
                "t0": run.t0,
                "url": run.endpoint, "trace": str(trace_path), "start_s": start_s,
@@ -148,20 +160,18 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
     click.echo(json.dumps(summary, default=str))
 
 
-def _fallback(surface) -> tuple[int, float] | None:
+def _fallback(surface, registry) -> tuple[int, float] | None:
     """The stand-in image of a dropped query for ``fid_all`` (None without a surface)."""
-    from planner.registry import sd35_registry
     from sim.fid import fallback_model
 
     if surface is None:
         return None
     try:
-        return fallback_model(sd35_registry(), surface)
+        return fallback_model(registry, surface)
     except (KeyError, ValueError):
         return None
 
 
-def _model_of_queue() -> dict[str, int]:
-    from planner.registry import sd35_registry
-
-    return {q: m.id for m in sd35_registry() for q in (m.light_queue, m.heavy_queue)}
+def _model_of_queue(registry) -> dict[str, int]:
+    """Queue name -> model id of the deployment's planned models."""
+    return {q: m.id for m in registry for q in (m.light_queue, m.heavy_queue)}

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.registry import ModelSpec, sd35_registry
+from hadis_celery.examples import sd35_registry
+from planner.registry import ModelSpec
 from workers.backends import BatchTooLargeError, Generation, load_backend
 from workers.backends.replay import (
     QUANTILES_FORMAT,
@@ -101,9 +102,12 @@ def test_time_factor_scales_the_profiled_batch_latency():
         expected = spec.batch_latency(batch) * factor
         assert backend.expected_seconds(batch) == pytest.approx(expected)
         gen = backend.generate(["a cat"] * batch, list(range(batch)))
-        assert expected <= gen.seconds < expected + 0.5
-    fast = load_backend(spec, time_factor=0.0).generate(["a cat"] * 4, [0, 1, 2, 3])
-    assert fast.seconds < 0.25
+        # at least the scaled time; the upper bound only tells scaled from unscaled (27 s
+        # and more), with room for a loaded machine
+        assert expected <= gen.seconds < expected + 5.0
+    fast = load_backend(spec, time_factor=0.0)
+    assert fast.expected_seconds(4) == 0.0
+    assert fast.generate(["a cat"] * 4, [0, 1, 2, 3]).seconds < 5.0
 
 
 def test_partial_batches_interpolate_between_profiled_sizes():
@@ -127,7 +131,8 @@ def test_placeholder_image_names_its_model():
     gens = [load_backend(REG.get(m), time_factor=0.0).generate(["a cat"], [5]) for m in (0, 3)]
     a, b = gens[0].images[0], gens[1].images[0]
     assert a.info["hadis_model"] == "SDXL-Lightning" and b.info["hadis_model"] == "SD3.5-Large"
-    assert a.size == (96, 96) and a.mode == "RGB"
+    assert a.size == (256, 256) and a.mode == "RGB"
+    assert a.info["hadis_stand_in"] == "stand-in (replay backend)"
     assert np.asarray(a).std() > 0  # text drawn on it
     assert not np.array_equal(np.asarray(a), np.asarray(b))
 
@@ -199,7 +204,7 @@ def test_score_table_from_scores_checks_alignment():
 
 
 def test_replay_worker_does_not_import_torch():
-    code = ("import sys, workers.backends.replay as r; from planner.registry import "
+    code = ("import sys, workers.backends.replay as r; from hadis_celery.examples import "
             "sd35_registry; from workers.backends import load_backend; "
             "b = load_backend(sd35_registry().get(0), time_factor=0.0); "
             "b.generate(['a cat'], [0]); assert 'torch' not in sys.modules, 'torch imported'")

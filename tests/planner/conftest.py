@@ -10,9 +10,10 @@ import math
 
 import pytest
 
+from hadis_celery.examples import sd35_registry
 from planner.cascade import CascadeConfig
 from planner.reference_table import load_reference_table
-from planner.registry import ModelSpec, Registry, sd35_registry
+from planner.registry import ModelSpec, Registry
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,8 @@ def test_clipper_light_and_heavy_run_one_model(sd35_table, sd35):
     for st in states(sd35_table, sd35):
         light = make_planner("clipper-light").plan(st)
         heavy = make_planner("clipper-heavy").plan(st)
-        assert models_used(light) == {1} and set(light.workers) == {"heavy_sd35_large_turbo"}
+        # by rule: the fastest model that runs alone, the best-quality one
+        assert models_used(light) == {0} and set(light.workers) == {"light_sdxl"}
         assert models_used(heavy) == {3} and set(heavy.workers) == {"heavy_sd35_large"}
         assert light.total_workers == heavy.total_workers == 16
         assert light.config.disc_ratio == heavy.config.disc_ratio == 0

@@ -12,11 +12,12 @@ import math
 import numpy as np
 import pytest
 
+from hadis_celery.examples import sd35_registry
 from planner.cascade import CascadeConfig
 from planner.demand import EwmaDemand
 from planner.plan import Plan, PlannerState
 from planner.reference_table import load_reference_table, load_scores
-from planner.registry import ModelSpec, Registry, sd35_registry
+from planner.registry import ModelSpec, Registry
 from sim.engine import DROPPED, SimSettings, Simulation, Workload
 from sim.fid import FidSurface, fallback_model
 from sim.trace import poisson_trace

@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from hadis_celery.examples import sd35_registry
 from planner.baselines import PLANNERS, make_planner
 from planner.demand import EwmaDemand
 from planner.milp import HadisPlanner
@@ -27,7 +28,6 @@ from planner.plus import (
     plus_problems,
 )
 from planner.reference_table import load_reference_table, load_scores
-from planner.registry import sd35_registry
 from sim.engine import SimSettings, Simulation, Workload
 from sim.fid import FidSurface
 from sim.trace import poisson_trace

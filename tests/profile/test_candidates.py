@@ -52,8 +52,8 @@ def test_segment_rule_keeps_models_that_beat_the_mix_and_is_repeated():
 
 
 def test_reference_models_are_all_kept(sd35_table):
+    from hadis_celery.examples import sd35_registry
     from planner.candidates import single_model_quality
-    from planner.registry import sd35_registry
 
     q = single_model_quality(sd35_table)
     ds = prune_candidates([Candidate(m.id, m.name, m.latency_b1, q[m.id])

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from hadis_celery.examples import sd35_registry
 from planner.pareto import pareto_front
 from planner.reference_table import load_reference_table
-from planner.registry import sd35_registry
 from planner.table import PACKAGED_SD35, ProfileTable, tau_from_quantiles
 
 REGENERATE = ("stale: regenerate with `hadis profile import ../shared/reference/profile-sd35 "

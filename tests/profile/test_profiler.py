@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from hadis_celery.examples import sd35_registry
 from planner.profiler import default_pairs, grid_table, measure_latency, score_prompts
 from planner.reference_table import load_reference_table
-from planner.registry import sd35_registry
 
 
 @dataclass

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hadis_celery.examples import sd35_registry
 from planner.candidates import single_model_quality
 from planner.reference_table import (
     ProfileDataError,
     load_reference_table,
     reject_threshold,
 )
-from planner.registry import sd35_registry
 
 
 def _csv_rows(path: Path) -> list[dict]:

@@ -41,10 +41,11 @@ def test_e2e_command_writes_tables_plots_and_claims(tmp_path, scenario):
     assert "SLO violations 2.7x lower than diffserve" in md
     assert "FID 7-23% lower than proteus" in md
     by = {row["policy"]: row for row in rows}
-    # Clipper-Heavy runs only SD3.5-Large (id 3), Clipper-Light only SD3.5-Large-Turbo (1);
+    # Clipper-Heavy runs only SD3.5-Large (id 3, best quality), Clipper-Light only
+    # SDXL-Lightning (0, the fastest);
     # their FIDs are the single-model FIDs of the profile (the pairs' end points differ by
     # a few hundredths).
-    for name, model, fid in (("clipper-heavy", "3", 19.95), ("clipper-light", "1", 25.22)):
+    for name, model, fid in (("clipper-heavy", "3", 19.95), ("clipper-light", "0", 29.75)):
         runs = {m: n for m, n in json.loads(by[name]["executions"]).items() if n}
         assert list(runs) == [model], (name, runs)
         assert float(by[name]["fid"]) == pytest.approx(fid, abs=0.05)
@@ -79,5 +80,6 @@ def test_hardness_shift_changes_the_routing_mix(scenario):
     res = simulate(scenario, wl, "router-only")
     direct = res.path == 1
     easy, hard = trace.prompt_set == 0, trace.prompt_set == 1
-    # the router sees the two prompt sets differently, so the phases route differently
-    assert abs(direct[hard].mean() - direct[easy].mean()) > 0.1
+    # the router sends the harder prompt set straight to heavy more often (issue 19: the
+    # old profile sent DiffusionDB prompts heavy far less often than ImageNet captions)
+    assert direct[hard].mean() > direct[easy].mean() + 0.02

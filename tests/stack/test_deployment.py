@@ -23,11 +23,19 @@ def test_queues_late_acks_prefetch_and_visibility_timeout():
     assert app.conf.beat_schedule["hadis-plan"]["schedule"] == s.plan_period_s
 
 
-def test_backend_and_model_paths_override_the_registry():
-    s = Settings(backend="diffusers", model_paths="sdxl=/m/sdxl, sd35_large=/m/l")
-    reg = load_table(s).registry
+def test_backend_and_model_paths_override_the_registry(tmp_path):
+    for name in ("sdxl", "t", "m", "l"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text("{}")
+    paths = ",".join(f"{q}={tmp_path / n}" for q, n in (
+        ("sdxl", "sdxl"), ("sd35_large_turbo", "t"), ("sd35_medium", "m"), ("sd35_large", "l")))
+    reg = load_table(Settings(backend="diffusers", model_paths=paths)).registry
     assert {m.backend for m in reg} == {"diffusers"}
-    assert reg.get(0).path == "/m/sdxl" and reg.get(3).path == "/m/l" and reg.get(1).path is None
+    assert reg.get(0).path == str(tmp_path / "sdxl") and reg.get(3).path == str(tmp_path / "l")
+    # a model left without weights is refused, naming it and the fix (issue 14)
+    with pytest.raises(ValueError, match=r"models\[1\] \(SD3.5-Large-Turbo\): the diffusers "
+                                         "backend needs a weights path"):
+        load_table(Settings(backend="diffusers", model_paths=f"sdxl={tmp_path / 'sdxl'}"))
     with pytest.raises(ValueError, match="unknown models"):
         load_table(Settings(model_paths="nope=/x"))
     with pytest.raises(ValueError, match="queue=path"):

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from hadis_celery import policy
+from hadis_celery.examples import sd35_registry
 from hadis_celery.live import decode_message
-from planner.registry import sd35_registry
 from tests.stack.conftest import plan_for
 
 
@@ -61,8 +61,76 @@ def test_verdict_judges_only_the_active_light_model_on_its_light_queue():
     assert policy.verdict(p, "light_sdxl", 0, 0.3) == policy.ACCEPT
     assert policy.verdict(p, "heavy_sd35_large", 3, 0.0) == policy.ACCEPT
     assert policy.verdict(p, "light_sd35_medium", 2, 0.0) == policy.ACCEPT  # old pair
-    assert policy.orphan_destination(p, "heavy_sd35_medium") == "heavy_sd35_large"
-    assert policy.orphan_destination(p, "light_sd35_medium") == "light_sdxl"
+
+
+def test_orphan_destination_only_ever_chooses_a_queue_with_a_consumer():
+    p = _active(tau=0.3)  # pair SDXL-Lightning -> SD3.5-Large
+    both = {"light_sdxl", "heavy_sd35_large"}
+    assert policy.orphan_destination(p, "heavy_sd35_medium", both) == "heavy_sd35_large"
+    assert policy.orphan_destination(p, "light_sd35_medium", both) == "light_sdxl"
+    assert policy.orphan_destination(p, "light_sdxl", both) is None  # consumed: stays
+    # an all-heavy plan (θ = -inf, every worker on heavy_<m>): the light backlog was not
+    # generated yet, so it goes heavy instead of staying where nobody takes it
+    heavy = {"heavy_sd35_large"}
+    assert policy.orphan_destination(p, "light_sdxl", heavy) == "heavy_sd35_large"
+    assert policy.orphan_destination(p, "light_sd35_medium", heavy) == "heavy_sd35_large"
+    # no heavy worker left: heavy-role work never falls back to the light model (whose
+    # image was judged not good enough); it waits for a plan with a heavy worker
+    light = {"light_sdxl"}
+    assert policy.orphan_destination(p, "heavy_sd35_medium", light) is None
+    assert policy.orphan_destination(p, "heavy_sd35_medium", {"heavy_sdxl"}) is None
+    # nothing of the plan has a consumer: it stays (the sweeper drops it at its deadline)
+    assert policy.orphan_destination(p, "light_sd35_medium", {"heavy_sdxl"}) is None
+    assert policy.orphan_destination(p, "light_sd35_medium", set()) is None
+    queues = ["light_sdxl", "heavy_sdxl", "light_sd35_large", "heavy_sd35_large",
+              "light_sd35_medium", "heavy_sd35_medium"]
+    for served in (both, heavy, light, {"heavy_sdxl"}, set()):
+        for q in queues:
+            d = policy.orphan_destination(p, q, served)
+            assert d is None or (d in served and d != q)
+
+
+def test_the_simulator_moves_a_light_backlog_to_the_heavy_queue_of_an_all_heavy_plan():
+    """The live defect of issue 16 in the simulator: a light-only plan builds a backlog on
+    the light queue, the next plan puts every worker on the heavy queue. Before the shared
+    rule the backlog stayed on the light queue and was dropped at the end."""
+    import numpy as np
+
+    from planner.cascade import CascadeConfig
+    from planner.demand import EwmaDemand
+    from planner.plan import Plan
+    from planner.registry import ModelSpec, Registry
+    from sim.engine import SimSettings, Simulation, Workload
+    from sim.fid import FidSurface
+
+    reg = Registry((ModelSpec(id=0, name="light", queue="l", latency={1: 1.0}),
+                    ModelSpec(id=1, name="heavy", queue="h", latency={1: 2.0, 2: 3.0})))
+    grid = [CascadeConfig(0, 1, r, math.nan, d, math.nan, fid=30 - 10 * r - 5 * d)
+            for r in (0.0, 1.0) for d in (0.0, 1.0)]
+    light_only = CascadeConfig(0, 1, 0.0, math.inf, 0.0, -math.inf, fid=30.0)
+    all_heavy = CascadeConfig(0, 1, 1.0, -math.inf, 0.0, -math.inf, fid=20.0)
+
+    class Switch:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def plan(self, state):
+            self.calls += 1
+            cfg, workers = ((light_only, {"light_l": 1}) if self.calls == 1
+                            else (all_heavy, {"heavy_h": 2}))
+            return Plan(planner="switch", config=cfg, workers=workers, batch={0: 1, 1: 2},
+                        fid=cfg.fid, utilisation={}, demand=state.demand, slo_s=state.slo_s,
+                        budget=state.workers, routing="score")
+
+    n = 20
+    w = Workload(np.linspace(0.0, 1.0, n), np.zeros(n), {0: np.ones(n), 1: np.ones(n)})
+    sim = Simulation(w, reg, grid, Switch(), EwmaDemand(10.0), FidSurface(grid),
+                     SimSettings(workers=2, slo_s=1000.0, period_s=2.0, swap_delay_s=0.5))
+    res = sim.run()
+    assert res.counts()["dropped"] == 0, [r for r in res.drop_reason if r][:3]
+    # both workers ran light for 2 s (about 4 queries); the backlog went heavy
+    assert set(res.served_model.tolist()) == {0, 1}
+    assert int((res.served_model == 1).sum()) >= n - 6
 
 
 def test_assign_queues_keeps_workers_in_place_and_moves_the_fewest():

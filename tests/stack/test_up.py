@@ -1,5 +1,7 @@
-"""``hadis up`` starts the whole local stack (without ``../shared``), serves a query end to
-end, and stops every process it started on SIGINT (what Ctrl-C sends)."""
+"""``hadis up`` starts the whole local stack (without ``../shared``), prints what a person
+needs (URLs, speed, the first plan in words), serves a query end to end with the worker's
+query events in its log at the default level, and stops every process it started on SIGINT
+(what Ctrl-C sends)."""
 
 from __future__ import annotations
 
@@ -58,7 +60,13 @@ def test_hadis_up_serves_a_query_and_ctrl_c_stops_everything(tmp_path, redis_db)
                  is not None, 120, 0.2, "hadis up to print ready")
         out = "".join(lines)
         assert proc.poll() is None, out
-        assert f"http://127.0.0.1:{port}/v1/generations" in out and "openapi.json" in out
+        base = f"http://127.0.0.1:{port}"
+        for url in ("/ui/", "/ui/dashboard", "/metrics", "/v1/openapi.json", "/v1/generations"):
+            assert f"{base}{url}" in out, url
+        assert "time factor 0.01" in out and "per image at batch 1" in out
+        plan_line = next(line for line in lines if line.strip().startswith("first plan"))
+        assert " -> " in plan_line or " only, " in plan_line, plan_line
+        assert "HiGHS" not in out  # the solver's banner stays off stdout
         pids = [int(x.split("=")[1]) for x in
                 next(line for line in lines if line.strip().startswith("pids")).split()[1:]]
         assert len(pids) == 3  # one worker, the planner with beat, the front door
@@ -80,11 +88,16 @@ def test_hadis_up_serves_a_query_and_ctrl_c_stops_everything(tmp_path, redis_db)
         body = wait_for(done, 60, 0.3, "the query to finish")
         assert body["status"] == "done", body
         assert (tmp_path / "images" / f"{qid}.png").is_file()
+        # the worker logs the query's events at the default level: grep <id> finds them
+        worker_events = [json.loads(line) for line in
+                         (tmp_path / "log" / "gpu0.log").read_text().splitlines()
+                         if qid in line and line.startswith("{")]
+        assert {"query.claimed", "query.done"} <= {e.get("event") for e in worker_events}
 
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0, "".join(lines)
         reader.join(5)
-        assert "stopped" in "".join(lines)
+        assert "stopped (0 restarts)" in "".join(lines)
         wait_for(lambda: not any(_alive(p) for p in pids), 10, 0.2, "the children to exit")
     finally:
         for pid in pids:

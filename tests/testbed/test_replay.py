@@ -52,18 +52,18 @@ def test_replay_honours_the_schedule_records_every_arrival_and_writes_the_report
     assert len(q) == len(rows)
     assert sorted(int(r["index"]) for r in q) == list(range(len(rows)))
 
-    # the schedule: due at t x K after t0, never sent before it is due, received after
+    # the schedule: due at t x K after t0, never sent before it is due (one clock, so no
+    # margin), received after it is due (the server's wall clock: a margin for clock steps,
+    # not for load; how late a send is depends on the machine's load and is not asserted)
     t0 = summary["t0"]
     for r in q:
         due = float(r["scheduled_at"])
         assert math.isclose(due - t0, float(r["t_s"]) * K, abs_tol=1e-6)
-        assert float(r["sent_at"]) >= due - 1e-3
+        assert float(r["sent_at"]) >= due
         if r["http_status"] == "202":
-            assert float(r["received_at"]) >= due - 1e-3
+            assert float(r["received_at"]) >= due - 0.05
             assert math.isclose(float(r["deadline"]) - float(r["received_at"]), 60 * K,
                                 abs_tol=1e-6)  # --slo is in trace seconds, sent x K
-    sent = sorted(float(r["sent_at"]) for r in q)
-    assert sent[-1] - sent[0] >= (max(ms for ms, _ in rows) / 1000.0) * K - 1e-3
 
     # every arrival has an outcome; the refused one is a dropped arrival with its reason
     refused = [r for r in q if r["http_status"] == "400"]

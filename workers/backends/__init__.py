@@ -37,6 +37,9 @@ class Generation:
     images: list[Image.Image]
     seconds: float  # wall time of the batch
     quality: list[float] | None = None  # recorded discriminator scores (replay only), else None
+    # The generation parameters actually used (steps, guidance, dtype, scheduler and its
+    # timesteps, size, ...), so the worker can record them with each query; None: replay.
+    params: dict[str, Any] | None = None
 
 
 class Backend(abc.ABC):

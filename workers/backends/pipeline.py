@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,19 +37,26 @@ def _one_line(exc: BaseException) -> str:
 class DiffusersBackend(Backend):
     """A diffusers text-to-image pipeline loaded with ``local_files_only`` (never the hub).
 
-    Steps and resolution come from the registry entry; ``guidance_scale`` from the option,
-    else from ``spec.guidance`` when the registry carries one, else the pipeline's default.
+    Generation settings come from the deployment's model entry (``spec.steps``,
+    ``spec.resolution`` and ``spec.pipeline``: guidance, dtype, scheduler and its options
+    such as ``timestep_spacing``, height/width, negative prompt, CPU offload, VAE
+    slicing/tiling, ``torch.compile``); an explicit constructor option wins over the entry,
+    the pipeline's own default applies to what neither sets. Each ``Generation`` carries the
+    parameters actually used, read back from the pipeline (``params``).
     """
 
     name = "diffusers"
+    default_guidance: float | None = None  # when neither the option nor the entry sets one
 
     def __init__(self, spec: ModelSpec, max_batch: int | None = None, device: str = "auto",
                  dtype: str | None = None, guidance_scale: float | None = None,
                  path: str | None = None, call_options: dict[str, Any] | None = None) -> None:
         super().__init__(spec, max_batch)
         self.device_name = device
-        self.dtype_name = dtype
-        guidance = guidance_scale if guidance_scale is not None else getattr(spec, "guidance", None)
+        self.settings = spec.pipeline
+        self.dtype_name = dtype if dtype is not None else self.settings.dtype
+        guidance = next((g for g in (guidance_scale, self.settings.guidance_scale,
+                                     self.default_guidance) if g is not None), None)
         self.guidance_scale = None if guidance is None else float(guidance)
         self.path = path if path is not None else spec.path
         self.call_options = dict(call_options or {})
@@ -62,11 +70,18 @@ class DiffusersBackend(Backend):
     def loaded(self) -> bool:
         return self.pipeline is not None
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the images: the entry's, else its square resolution."""
+        res = self.spec.resolution
+        return self.settings.height or res, self.settings.width or res
+
     def _check_spec(self) -> None:
-        res, steps = self.spec.resolution, self.spec.steps
-        if res < 8 or res % 8:
-            raise BackendError(f"model {self.spec.name}: resolution {res} is not a positive "
-                               "multiple of 8")
+        steps = self.spec.steps
+        for what, res in zip(("height", "width"), self.size, strict=True):
+            if res < 8 or res % 8:
+                raise BackendError(f"model {self.spec.name}: resolution {res} ({what}) is not "
+                                   "a positive multiple of 8")
         if steps < 1:
             raise BackendError(f"model {self.spec.name}: steps must be at least 1, got {steps}")
 
@@ -111,8 +126,17 @@ class DiffusersBackend(Backend):
         if missing:
             raise BackendError(f"model {self.spec.name}: {type(pipe).__name__} is not a "
                                f"text-to-image pipeline (its call lacks {', '.join(missing)})")
+        self._set_scheduler(pipe)
         try:
-            pipe = pipe.to(self.device)
+            if self.settings.cpu_offload == "none":
+                pipe = pipe.to(self.device)
+            else:
+                self._offload(pipe)
+            self._memory_options(pipe)
+        except BackendError:
+            del pipe
+            free_memory(self.device)
+            raise
         except Exception as exc:  # noqa: BLE001 - e.g. out of GPU memory: leave nothing behind
             del pipe
             free_memory(self.device)
@@ -120,7 +144,68 @@ class DiffusersBackend(Backend):
                                f"{self.device}: {_one_line(exc)}") from exc
         pipe.set_progress_bar_config(disable=True)
         self._accepts_size = "height" in params and "width" in params
+        self._accepts_negative = "negative_prompt" in params
+        self._guidance_default = (params["guidance_scale"].default
+                                  if "guidance_scale" in params else None)
+        if self.settings.negative_prompt and not self._accepts_negative:
+            raise BackendError(f"model {self.spec.name}: {type(pipe).__name__} takes no "
+                               "negative prompt (remove pipeline.negative_prompt)")
         self.pipeline = pipe
+
+    def _set_scheduler(self, pipe: DiffusionPipeline) -> None:
+        """The entry's scheduler class (a diffusers scheduler name) and config overrides
+        (e.g. ``timestep_spacing = "trailing"`` for few-step distilled models), from the pipeline's
+        own scheduler config."""
+        name, options = self.settings.scheduler, dict(self.settings.scheduler_options)
+        if not name and not options:
+            return
+        import diffusers
+
+        current = getattr(pipe, "scheduler", None)
+        if current is None:
+            raise BackendError(f"model {self.spec.name}: the pipeline has no scheduler to set")
+        cls = type(current) if not name else getattr(diffusers, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+            raise BackendError(f"model {self.spec.name}: pipeline.scheduler {name!r} is not a "
+                               "diffusers scheduler class (e.g. EulerDiscreteScheduler)")
+        unknown = sorted(set(options) - set(current.config) - set(
+            inspect.signature(cls.__init__).parameters))
+        if unknown:
+            raise BackendError(f"model {self.spec.name}: pipeline.scheduler_options "
+                               f"{unknown} are not options of {cls.__name__}")
+        try:
+            pipe.scheduler = cls.from_config(current.config, **options)
+        except Exception as exc:  # noqa: BLE001 - a bad option value is a configuration error
+            raise BackendError(f"model {self.spec.name}: cannot build {cls.__name__} with "
+                               f"{options}: {_one_line(exc)}") from exc
+
+    def _offload(self, pipe: DiffusionPipeline) -> None:
+        if self.device.type != "cuda":
+            raise BackendError(f"model {self.spec.name}: memory.cpu_offload = "
+                               f"{self.settings.cpu_offload!r} needs a CUDA device, got "
+                               f"{self.device}")
+        if self.settings.cpu_offload == "model":
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=self.device)
+
+    def _memory_options(self, pipe: DiffusionPipeline) -> None:
+        vae = getattr(pipe, "vae", None)
+        for flag, method in (("vae_slicing", "enable_slicing"), ("vae_tiling", "enable_tiling")):
+            if getattr(self.settings, flag):
+                if vae is None or not hasattr(vae, method):
+                    raise BackendError(f"model {self.spec.name}: memory.{flag}: the pipeline's "
+                                       "VAE does not support it")
+                getattr(vae, method)()
+        if self.settings.compile:
+            import torch
+
+            name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+            denoiser = getattr(pipe, name, None)
+            if denoiser is None:
+                raise BackendError(f"model {self.spec.name}: memory.compile: no unet or "
+                                   "transformer to compile")
+            setattr(pipe, name, torch.compile(denoiser))
 
     def unload(self) -> None:
         if self.pipeline is None:
@@ -155,10 +240,14 @@ class DiffusersBackend(Backend):
         generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         kwargs: dict[str, Any] = dict(prompt=prompts, num_inference_steps=self.spec.steps,
                                       generator=generators, output_type="pil")
+        height, width = self.size
         if self._accepts_size:
-            kwargs.update(height=self.spec.resolution, width=self.spec.resolution)
+            kwargs.update(height=height, width=width)
         if self.guidance_scale is not None:
             kwargs["guidance_scale"] = self.guidance_scale
+        if self.settings.negative_prompt:
+            kwargs["negative_prompt"] = [self.settings.negative_prompt] * len(prompts)
+        kwargs.update(self.settings.call_options)
         kwargs.update(self.call_options)
         start = time.perf_counter()
         with torch.inference_mode():
@@ -170,4 +259,27 @@ class DiffusersBackend(Backend):
         if len(images) != len(prompts):
             raise BackendError(f"model {self.spec.name}: pipeline returned {len(images)} images "
                                f"for {len(prompts)} prompts")
-        return Generation(images=images, seconds=seconds, quality=None)
+        return Generation(images=images, seconds=seconds, quality=None,
+                          params=self.used_params(kwargs, images))
+
+    def used_params(self, kwargs: Mapping[str, Any], images: list) -> dict[str, Any]:
+        """What this batch actually ran with, read back from the pipeline where it can be
+        (dtype of the denoiser, the scheduler's class, spacing and timesteps, image size)."""
+        pipe = self.pipeline
+        sched = getattr(pipe, "scheduler", None)
+        config = dict(getattr(sched, "config", {}) or {})
+        guidance = kwargs.get("guidance_scale", self._guidance_default)
+        timesteps = getattr(sched, "timesteps", None)
+        return {
+            "model": self.spec.name, "backend": self.name,
+            "steps": int(kwargs["num_inference_steps"]),
+            "guidance_scale": None if guidance is None else float(guidance),
+            "dtype": str(pipe.dtype).removeprefix("torch."), "device": str(self.device),
+            "scheduler": type(sched).__name__ if sched is not None else None,
+            "timestep_spacing": config.get("timestep_spacing"),
+            "timesteps": [] if timesteps is None else [round(float(t), 3) for t in timesteps],
+            "height": images[0].height, "width": images[0].width,
+            "negative_prompt": self.settings.negative_prompt,
+            "cpu_offload": self.settings.cpu_offload, "vae_slicing": self.settings.vae_slicing,
+            "vae_tiling": self.settings.vae_tiling, "compile": self.settings.compile,
+        }

@@ -3,7 +3,8 @@
 A batch sleeps the profiled batch latency times ``time_factor`` and returns, per prompt, the
 discriminator score the reference recorded for that model (reference prompts) or a
 deterministic draw from that model's recorded score distribution (any other prompt), with a
-small placeholder image naming the model. Needs numpy and Pillow only.
+256x256 placeholder image that says it is a stand-in ("stand-in (replay backend)") and
+names the model, the replayed score and the prompt. Needs numpy and Pillow only.
 
 Score sources (``load_score_table``), cached per process:
 
@@ -297,42 +298,73 @@ def batch_seconds(spec: ModelSpec, batch: int) -> float:
     return spec.batch_seconds(batch)
 
 
+STAND_IN_LABEL = "stand-in (replay backend)"
+IMAGE_SIZE = 256  # pixels a side: big enough to read in the web form, small to write
+
+
+def _wrap(draw: Any, text: str, font: Any, width: float, max_lines: int) -> list[str]:
+    """``text`` broken into at most ``max_lines`` lines that fit ``width`` pixels."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        cand = f"{line} {word}" if line else word
+        if line and draw.textlength(cand, font=font) > width:
+            lines.append(line)
+            line = word
+            if len(lines) == max_lines:
+                break
+        else:
+            line = cand
+    else:
+        if line:
+            lines.append(line)
+    if len(lines) == max_lines and " ".join(lines) != " ".join(text.split()):
+        lines[-1] = lines[-1].rstrip(".,;: ") + "..."
+    return lines
+
+
 def placeholder_image(spec: ModelSpec, prompt: str, quality: float, seed: int,
-                      size: int = 96) -> Image.Image:
-    """A small image that says which model made it (and the replayed score)."""
+                      size: int = IMAGE_SIZE) -> Image.Image:
+    """The replay backend's image: a card that says it is a stand-in, not a generated
+    picture, and names the model that would have made it, the replayed score and the
+    prompt (so a person reading the web form or the gallery is never misled)."""
+    from colorsys import hsv_to_rgb
+
     from PIL import Image, ImageDraw
 
     hue = (spec.id * 67) % 360
-    from colorsys import hsv_to_rgb
-
     rgb = tuple(int(255 * c) for c in hsv_to_rgb(hue / 360.0, 0.35, 0.95))
     img = Image.new("RGB", (size, size), rgb)
     draw = ImageDraw.Draw(img)
-    font = _font()
-    words, lines, line = spec.name.replace("-", "- ").split(), [], ""
-    for w in words:
-        cand = (line + w) if line.endswith("-") or not line else f"{line} {w}"
-        if draw.textlength(cand, font=font) > size - 8 and line:
-            lines.append(line)
-            line = w
-        else:
-            line = cand
-    lines += [line, "replay", f"q={quality:.3f}", f"seed {seed}"]
-    y = 4
-    for text in lines:
-        draw.text((4, y), text, fill=(20, 20, 20), font=font)
-        y += 13
+    small, big = _font(max(8, size // 22)), _font(max(9, size // 16))
+    step_s, step_b = max(9, size // 18), max(10, size // 13)
+    band = step_s + 6
+    draw.rectangle((0, 0, size, band), fill=(30, 30, 30))
+    draw.text((4, 3), STAND_IN_LABEL, fill=(255, 220, 80), font=small)
+    y = band + 4
+    for text in _wrap(draw, spec.name, big, size - 8, 2):
+        draw.text((4, y), text, fill=(20, 20, 20), font=big)
+        y += step_b
+    for text in (f"score {quality:.3f}", f"seed {seed}"):
+        draw.text((4, y), text, fill=(20, 20, 20), font=small)
+        y += step_s
+    y += 4
+    room = max(0, (size - y - 4) // step_s)
+    for text in _wrap(draw, prompt, small, size - 8, room):
+        draw.text((4, y), text, fill=(60, 60, 60), font=small)
+        y += step_s
     img.info["hadis_model"] = spec.name
     img.info["hadis_prompt"] = prompt[:200]
+    img.info["hadis_stand_in"] = STAND_IN_LABEL
     return img
 
 
-@functools.lru_cache(maxsize=1)
-def _font() -> Any:
+@functools.lru_cache(maxsize=8)
+def _font(size: int = 11) -> Any:
     from PIL import ImageFont
 
     try:
-        return ImageFont.load_default(size=11)
+        return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one bitmap size
         return ImageFont.load_default()
 
@@ -344,7 +376,7 @@ class ReplayBackend(Backend):
 
     def __init__(self, spec: ModelSpec, max_batch: int | None = None, time_factor: float = 1.0,
                  scores: ScoreTable | str | os.PathLike[str] | None = None,
-                 image_size: int = 96, load_delay_s: float = 0.0) -> None:
+                 image_size: int = IMAGE_SIZE, load_delay_s: float = 0.0) -> None:
         super().__init__(spec, max_batch)
         try:
             factor = float(time_factor)
@@ -382,7 +414,7 @@ class ReplayBackend(Backend):
         self.table = None
 
     def warmup(self) -> None:
-        _font()
+        placeholder_image(self.spec, "warm-up", 0.0, 0, self.image_size)  # loads the fonts
 
     def expected_seconds(self, batch: int) -> float:
         """What a batch of this size sleeps: profiled latency times the time factor."""

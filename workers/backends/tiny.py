@@ -17,13 +17,15 @@ if TYPE_CHECKING:
 class TinyBackend(DiffusersBackend):
     """Same ``load``/``generate`` as ``DiffusersBackend``; components come from
     ``workers.tiny`` with weights fixed by ``weights_seed``. Guidance defaults to 0 (no
-    classifier-free guidance: it would double the work of a model that has nothing to guide).
+    classifier-free guidance: it would double the work of a model that has nothing to guide)
+    unless the entry or the option sets one.
     """
 
     name = "tiny"
+    default_guidance = 0.0
 
     def __init__(self, spec: ModelSpec, max_batch: int | None = None, device: str = "cpu",
-                 dtype: str | None = None, guidance_scale: float | None = 0.0,
+                 dtype: str | None = None, guidance_scale: float | None = None,
                  weights_seed: int = 0, call_options: dict[str, Any] | None = None) -> None:
         super().__init__(spec, max_batch=max_batch, device=device, dtype=dtype,
                          guidance_scale=guidance_scale, path=None, call_options=call_options)
