@@ -39,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,7 +165,6 @@ def open_loop(rate: float, seconds: float, fire) -> None:
 def _database(kind: str, pg: str) -> Iterator[str]:
     """A migrated, empty database: a PostgreSQL schema of its own (dropped after) or a
     SQLite file in a temporary folder."""
-    import sqlalchemy as sa
 
     from hadis_celery import db
 
@@ -181,20 +179,8 @@ def _database(kind: str, pg: str) -> Iterator[str]:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return
-    schema = f"hadis_bench_{uuid.uuid4().hex[:8]}"
-    admin = db.make_engine(pg)
-    with admin.begin() as c:
-        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{pg}?options=-csearch_path%3D{schema}"
-    try:
-        e = db.make_engine(url)
-        db.upgrade(e)
-        e.dispose()
+    with db.temporary_schema(pg, "hadis_bench") as url:
         yield url
-    finally:
-        with admin.begin() as c:
-            c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -118,3 +118,27 @@ def ensure_schema(engine: Engine) -> None:
     """Upgrade to head when the database is behind (commands call this before SQL work)."""
     if current_revision(engine) != head_revision():
         upgrade(engine)
+
+
+@contextmanager
+def temporary_schema(pg_url: str, prefix: str = "hadis_tmp") -> Iterator[str]:
+    """A migrated, empty PostgreSQL schema of its own on ``pg_url`` (dropped afterwards):
+    the URL to use, for tests and benchmarks that must not touch each other's rows."""
+    import uuid
+
+    from sqlalchemy import text
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(pg_url)
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{pg_url}?options=-csearch_path%3D{schema}"
+    try:
+        e = make_engine(url)
+        upgrade(e)
+        e.dispose()
+        yield url
+    finally:
+        with admin.begin() as c:
+            c.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

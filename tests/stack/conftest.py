@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import sqlalchemy as sa
 
 from hadis_celery import db
 from hadis_celery.procs import stop_group as stop_process
@@ -124,20 +123,8 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
         e.dispose()
         yield url
         return
-    schema = f"hadis_stack_{uuid.uuid4().hex[:8]}"
-    admin = db.make_engine(PG)
-    with admin.begin() as c:
-        c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG}?options=-csearch_path%3D{schema}"
-    try:
-        e = db.make_engine(url)
-        db.upgrade(e)
-        e.dispose()
+    with db.temporary_schema(PG, "hadis_stack") as url:
         yield url
-    finally:
-        with admin.begin() as c:
-            c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def plan_for(light: int, heavy: int, *, theta: float = math.inf, tau: float = -math.inf,
