@@ -60,7 +60,7 @@ class Prompts:
     captions, then the same with a variant number."""
 
     def __init__(self, n: int) -> None:
-        from hadis_celery.reference import read_prompts, reference_path
+        from planner.reference import read_prompts, reference_path
 
         try:
             base = read_prompts(reference_path("prompts", "imagenet1k_captions_5k.txt"))
@@ -210,8 +210,8 @@ def _run(args, url: str) -> dict:
     from hadis_celery import db, store
     from hadis_celery.celery import make_app
     from hadis_celery.live import LiveState
-    from hadis_celery.policy import ActivePlan
     from hadis_celery.settings import Settings
+    from planner.policy import ActivePlan
 
     r = redis.Redis.from_url(args.redis)
     r.flushdb()

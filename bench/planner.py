@@ -173,7 +173,7 @@ def _case(name: str, table, registry, workers: int, demands, solvers=("gurobi", 
 
 def main() -> dict:
     from hadis_celery.examples import sd35_registry
-    from hadis_celery.reference import reference_path
+    from planner.reference import reference_path
     from planner.reference_table import load_reference_table
 
     reg = sd35_registry()

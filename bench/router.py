@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 
-from hadis_celery.reference import read_model_scores, read_prompts, reference_path
-from hadis_celery.router import FeatureExtractor, HardnessRouter, RouterProfile
-from hadis_celery.router.features import SPACY_MODELS
-from hadis_celery.router.tuning import all_pairs, prompt_gains, tune_and_evaluate
 from hadis_celery.settings import DEFAULT_ROUTER_PROFILE
+from planner.reference import read_model_scores, read_prompts, reference_path
+from planner.router import FeatureExtractor, HardnessRouter, RouterProfile
+from planner.router.features import SPACY_MODELS
+from planner.router.tuning import all_pairs, prompt_gains, tune_and_evaluate
 from sim.workload import valid_prompts
 
 SINGLE_N = 1000

@@ -263,7 +263,7 @@ class Deployment:
 
 
 def _placeholders() -> dict[str, str]:
-    from hadis_celery.reference import reference_dir
+    from planner.reference import reference_dir
 
     return {"{data}": str(DATA), "{examples}": str(EXAMPLES), "{reference}": str(reference_dir())}
 
@@ -508,7 +508,7 @@ def _folder_table(folder: Path, registry: Registry, router_profile: Path | None
 
     rp = None
     if router_profile is not None and Path(router_profile).is_file():
-        from hadis_celery.router.profile import RouterProfile
+        from planner.router.profile import RouterProfile
 
         rp = RouterProfile.load(router_profile)
     registry = with_csv_latencies(registry, csv_latencies(
@@ -641,7 +641,7 @@ def model_queues(reg: Registry) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _router(profile: str, lexicon: str):
-    from hadis_celery.router import HardnessRouter
+    from planner.router import HardnessRouter
 
     return HardnessRouter.from_paths(profile, lexicon or None)
 

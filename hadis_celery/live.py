@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import redis
 
-from hadis_celery.policy import ActivePlan
+from planner.policy import ActivePlan
 
 PREFIX = "hadis:"
 PLAN_KEY = PREFIX + "plan"
 ARRIVALS_KEY = PREFIX + "arrivals"
 BEAT_KEY = PREFIX + "beat"
-# Written by the beat's recovery (``planner.beat.PlanLoop.recover``) after it re-sent every
+# Written by the beat's recovery (``hadis_celery.beat.PlanLoop.recover``) after it re-sent every
 # waiting query from SQL: a Redis that lost its data (restart without persistence, flush)
 # lost this key with the queues, and the next tick or sweep notices and re-sends.
 EPOCH_KEY = PREFIX + "epoch"

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hadis_celery.reference import reference_dir
+from planner.reference import reference_dir
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_ROUTER_PROFILE = PACKAGE_DATA / "router_sd35.json"

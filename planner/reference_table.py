@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hadis_celery.reference import ReferenceDataError, read_model_scores
 from planner.cascade import CascadeConfig
+from planner.reference import ReferenceDataError, read_model_scores
 from planner.registry import Registry
 
 if TYPE_CHECKING:
-    from hadis_celery.router.profile import RouterProfile
+    from planner.router.profile import RouterProfile
 
 log = logging.getLogger(__name__)
 

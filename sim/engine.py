@@ -2,7 +2,7 @@
 
 What is simulated, and how (each choice is the live system's, unless it says otherwise; the
 per-query rules, routing, deadline checks and discriminator verdicts, are the functions of
-``hadis_celery.policy`` that the live workers and front door call):
+``planner.policy`` that the live workers and front door call):
 
 - Arrivals come from a trace; each carries its prompt's router score (computed by the real
   ``HardnessRouter``) and the recorded discriminator score of every model for that prompt.
@@ -16,7 +16,7 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
 - Workers are bound to queues (``light_<m>``/``heavy_<m>``). A worker takes up to the
   plan's batch size for its model from its queue, first dropping queries that cannot meet
   their deadline even alone, then shrinking the batch until its finish time meets every
-  member's deadline (``hadis_celery.policy.take_batch``, as the live workers). Batch
+  member's deadline (``planner.policy.take_batch``, as the live workers). Batch
   latency is ``ModelSpec.batch_seconds`` (linear between the profiled batch sizes).
 - After a light batch the discriminator reads each prompt's recorded score for that model;
   below τ the query is requeued to the heavy queue with its original deadline. A query
@@ -51,7 +51,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hadis_celery import policy
+from planner import policy
 from planner.cascade import CascadeConfig
 from planner.plan import Plan, PlannerInputError, PlannerState, QueueState
 from planner.registry import Registry

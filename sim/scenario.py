@@ -18,13 +18,13 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from hadis_celery.reference import read_prompts, reference_dir
-from hadis_celery.router import FeatureExtractor, HardnessRouter, RouterProfile
 from hadis_celery.settings import settings
 from planner.cascade import CascadeConfig
 from planner.pareto import pareto_front
+from planner.reference import read_prompts, reference_dir
 from planner.reference_table import load_reference_table, load_scores
 from planner.registry import Registry
+from planner.router import FeatureExtractor, HardnessRouter, RouterProfile
 from sim.engine import SimSettings
 from sim.fid import FidSurface
 from sim.workload import PromptSet, derived_set, scored_set

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hadis_celery.router import HardnessRouter
-from hadis_celery.router.features import REFINED
-from hadis_celery.router.prompt import validate_prompt
-from hadis_celery.router.tuning import log_odds
+from planner.router import HardnessRouter
+from planner.router.features import REFINED
+from planner.router.prompt import validate_prompt
+from planner.router.tuning import log_odds
 from sim.engine import Workload
 from sim.trace import Trace
 

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hadis_celery.reference import reference_dir  # noqa: E402
+from planner.reference import reference_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

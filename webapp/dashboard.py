@@ -21,9 +21,9 @@ from hadis_celery import store
 from hadis_celery.deployment import model_queues
 from hadis_celery.live import BEAT_KEY
 from hadis_celery.models import PlanRow, QueryRow
-from hadis_celery.policy import ActivePlan
 from planner.cascade import CascadeConfig
 from planner.pareto import pareto_indices
+from planner.policy import ActivePlan
 from planner.registry import Registry
 from planner.table import ProfileTable
 from webapp.frontdoor import FrontDoor, describe_plan, model_name

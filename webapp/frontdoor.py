@@ -28,14 +28,15 @@ from dataclasses import dataclass
 from celery import Celery
 from sqlalchemy import Engine
 
-from hadis_celery import policy, store
+from hadis_celery import store
 from hadis_celery.live import PLAN_KEY, STORAGE_KEY, LiveState
 from hadis_celery.logs import event
 from hadis_celery.models import PlanRow, QueryRow
-from hadis_celery.policy import ActivePlan
-from hadis_celery.router import validate_prompt
 from hadis_celery.settings import Settings
+from planner import policy
+from planner.policy import ActivePlan
 from planner.registry import Registry
+from planner.router import validate_prompt
 
 FIELDS = ("prompt", "slo_s", "seed")
 SEED_MAX = 2**31 - 1  # a signed 32-bit integer column

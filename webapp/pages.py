@@ -44,7 +44,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from hadis_celery import store
 from hadis_celery.deployment import load_table
 from hadis_celery.models import QueryRow
-from hadis_celery.router.prompt import MAX_PROMPT_CHARS
+from planner.router.prompt import MAX_PROMPT_CHARS
 from webapp import auth
 from webapp import dashboard as dash
 from webapp.frontdoor import (

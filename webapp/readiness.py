@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hadis_celery.policy import ActivePlan
+from planner.policy import ActivePlan
 from planner.registry import Registry
 
 CHECKS = ("redis", "sql", "plan", "workers")

@@ -9,7 +9,7 @@
    (``running``, stamped with the batch's token ``host/pid/nonce``) before anything else
    happens, and from then on a daemon thread renews their lease (``updated_at``) every
    ``HADIS_LEASE_S / 3``. If the worker dies, the lease lapses and the next sweep re-sends
-   them (``planner.beat``). If SQL cannot be reached to claim, the drained messages go back
+   them (``hadis_celery.beat``). If SQL cannot be reached to claim, the drained messages go back
    to the head of the list and the task requeues its own message (``SqlUnavailable``);
 3. the backend for the queue's model is loaded (a worker switches models when the beat moves
    it to another model's queue); ``policy.take_batch`` drops queries that cannot meet their
@@ -53,12 +53,13 @@ from typing import TypeVar
 from celery import Celery
 from sqlalchemy import Engine
 
-from hadis_celery import policy, store
+from hadis_celery import store
 from hadis_celery.deployment import load_table
 from hadis_celery.imagestore import image_store
 from hadis_celery.live import GENERATE_TASK, LiveState, QueuedMessage
 from hadis_celery.logs import event
 from hadis_celery.settings import Settings
+from planner import policy
 from planner.registry import ModelSpec
 
 log = logging.getLogger(__name__)

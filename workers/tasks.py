@@ -1,14 +1,14 @@
-"""Celery tasks: thin adapters over ``workers.serving`` and ``planner.beat``.
+"""Celery tasks: thin adapters over ``workers.serving`` and ``hadis_celery.beat``.
 
 - ``hadis.generate(query_id, queue, attempt, sent_at)``: one message = one query; the worker
   drains up to B - 1 more from the same queue and runs them as one batch. Celery's hard time
   limit (``hadis_celery.celery.hard_time_limit_s``) kills a pool child stuck in a backend
   that ignores the per-batch limit; when SQL is unavailable the message is requeued after a
   back-off (the worker cannot claim anything, and the message must not be lost).
-- ``hadis.plan``: the beat's planner tick (``planner.beat.PlanLoop.tick``).
+- ``hadis.plan``: the beat's planner tick (``hadis_celery.beat.PlanLoop.tick``).
 - ``hadis.sweep``: re-send accepted queries whose message was lost, move work off queues no
-  worker consumes (``planner.beat.sweep``).
-- ``hadis.prune``: retention, when ``HADIS_PRUNE_AFTER`` is set (``planner.beat.prune``).
+  worker consumes (``hadis_celery.beat.sweep``).
+- ``hadis.prune``: retention, when ``HADIS_PRUNE_AFTER`` is set (``hadis_celery.beat.prune``).
 - ``hadis.bench_sleep``: a bare task for ``bench.frontdoor``'s baseline.
 """
 
@@ -41,7 +41,7 @@ def runtime():
 
 @functools.lru_cache(maxsize=1)
 def plan_loop():
-    from planner.beat import PlanLoop
+    from hadis_celery.beat import PlanLoop
 
     return PlanLoop.from_settings(app.conf.hadis_settings, app)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from hadis_celery.reference import ReferenceDataError
+from planner.reference import ReferenceDataError
 from sim.experiments import EXPERIMENTS, REFUSED, run_experiment
 from sim.report import markdown_table
 

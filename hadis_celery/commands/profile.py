@@ -21,7 +21,6 @@ from pathlib import Path
 import click
 import numpy as np
 
-from hadis_celery.reference import ReferenceDataError, read_prompts
 from planner.cascade import CascadeConfig
 from planner.profiler import (
     GRID,
@@ -31,6 +30,7 @@ from planner.profiler import (
     score_prompts,
     with_latency,
 )
+from planner.reference import ReferenceDataError, read_prompts
 from planner.reference_table import HYBRID_CSV, ProfileDataError, load_reference_table, load_scores
 from planner.registry import Registry
 from planner.table import METRICS, ProfileTable, ProfileTableError, score_quantiles
@@ -89,7 +89,7 @@ def router_scores(profile_path: Path, lexicon: Path | None, prompts: Sequence[st
                   chunk: int = 500) -> np.ndarray:
     """Router scores of ``prompts`` (spaCy features; a few seconds per thousand prompts),
     remembered per process for the same profile file, lexicon and prompts."""
-    from hadis_celery.router import FeatureExtractor, HardnessRouter, RouterProfile
+    from planner.router import FeatureExtractor, HardnessRouter, RouterProfile
 
     p = Path(profile_path)
     key = (str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0, str(lexicon),
@@ -144,8 +144,8 @@ def import_(profile_dir: Path, name: str, prompts_path: Path | None,
     from hadis_celery import models
     from hadis_celery.db import transaction
     from hadis_celery.deployment import DeploymentError, import_registry
-    from hadis_celery.router.profile import RouterProfile, RouterProfileError
     from hadis_celery.settings import settings
+    from planner.router.profile import RouterProfile, RouterProfileError
 
     try:
         if not profile_dir.is_dir():
@@ -297,8 +297,8 @@ def run(deployment_file: str | None, models_text: str | None, prompts_path: Path
     (metric disc; the fid column holds 1 - score). --latency-only stops after the curves.
     """
     from hadis_celery.deployment import deployment
-    from hadis_celery.router.profile import RouterProfile, RouterProfileError
     from hadis_celery.settings import settings
+    from planner.router.profile import RouterProfile, RouterProfileError
 
     s = settings()
     if deployment_file is not None:

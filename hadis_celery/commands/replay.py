@@ -20,7 +20,7 @@ import click
 
 def _trace_path(text: str) -> Path:
     """A trace file, or the name of one under the reference ``traces/`` folder."""
-    from hadis_celery.reference import reference_dir
+    from planner.reference import reference_dir
 
     p = Path(text)
     if p.is_file():
@@ -72,7 +72,7 @@ def command(trace_arg: str, prompts_arg: str | None, url: str, time_scale: float
 
     from hadis_celery.deployment import deployment, load_table
     from hadis_celery.loadgen import Client, Endpoint, health, replay, select_arrivals
-    from hadis_celery.reference import ReferenceDataError, read_prompts
+    from planner.reference import ReferenceDataError, read_prompts
     from sim.engine import SimSettings
     from sim.live import grid_surface, live_result, overheads, write_report
     from sim.trace import TraceError, read_trace

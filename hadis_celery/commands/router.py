@@ -10,15 +10,16 @@ from collections.abc import Sequence
 import click
 import numpy as np
 
-from hadis_celery.reference import ReferenceDataError, read_model_scores, read_prompts
-from hadis_celery.router.features import (
+from hadis_celery.settings import settings
+from planner.reference import ReferenceDataError, read_model_scores, read_prompts
+from planner.router.features import (
     DEFAULT_FEATURES,
     FEATURE_NAMES,
     FEATURE_SETS,
     FeatureExtractor,
 )
-from hadis_celery.router.language import unreadable_reason
-from hadis_celery.router.profile import (
+from planner.router.language import unreadable_reason
+from planner.router.profile import (
     DEFAULT_NORMALISE,
     NORMALISATIONS,
     REFERENCE_WEIGHTS,
@@ -28,8 +29,8 @@ from hadis_celery.router.profile import (
     fit_profile,
     tie_break,
 )
-from hadis_celery.router.prompt import validate_prompt
-from hadis_celery.router.tuning import (
+from planner.router.prompt import validate_prompt
+from planner.router.tuning import (
     DEFAULT_PER_ROUND,
     DEFAULT_RANDOM,
     DEFAULT_RATIOS,
@@ -38,7 +39,6 @@ from hadis_celery.router.tuning import (
     prompt_gains,
     tune_and_evaluate,
 )
-from hadis_celery.settings import settings
 
 _ERRORS = (ReferenceDataError, RouterProfileError, FileNotFoundError, ValueError, RuntimeError)
 

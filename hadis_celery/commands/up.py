@@ -77,7 +77,7 @@ def worker_names(n: int) -> list[str]:
 def initial_queues(workers: dict[str, int], n: int, fallback: str) -> list[str]:
     """One queue per worker from the first plan's counts, by the beat's own rebinding rule
     (``policy.assign_queues`` from nothing, in name order: the simulator's first binding)."""
-    from hadis_celery.policy import assign_queues
+    from planner.policy import assign_queues
 
     names = worker_names(n)
     got = assign_queues({w: [] for w in names}, workers)
@@ -89,7 +89,7 @@ def restart_queue(name: str, others: Mapping[str, list[str]], workers: Mapping[s
     """The queue a restarted worker ``name`` starts on: the one the active plan is short of,
     given what the other live workers consume (the beat's rebinding rule again), so the
     plan is whole before the next tick."""
-    from hadis_celery.policy import assign_queues
+    from planner.policy import assign_queues
 
     current = {w: list(q) for w, q in others.items() if w != name}
     current[name] = []
@@ -416,13 +416,13 @@ def command(deployment_file: str | None, n_workers: int, host: str, port: int,
     import importlib.util
 
     from hadis_celery import db
+    from hadis_celery.beat import PlanLoop
     from hadis_celery.celery import make_app
     from hadis_celery.deployment import deployment
     from hadis_celery.imagestore import image_store, location
     from hadis_celery.live import LiveState
     from hadis_celery.settings import settings
     from planner.baselines import PLANNERS
-    from planner.beat import PlanLoop
     from workers.backends import is_replay
 
     if n_workers < 1:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hadis_celery.reference import IMAGES_PER_PROMPT
+from planner.reference import IMAGES_PER_PROMPT
 
 N_PROMPTS = 200
 

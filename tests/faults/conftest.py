@@ -434,8 +434,8 @@ def fault_stack(tmp: Path, db_url: str, router, queues: str, n_workers: int,
     """Private Redis, ``n_workers`` GPU workers on ``queues``, the planner's worker with
     beat (plan period ``settings_kw['plan_period_s']``, one hour by default: the tests
     publish their own plans, the beat sweeps every second) and the front door."""
+    from hadis_celery.beat import PlanLoop
     from hadis_celery.celery import make_app
-    from planner.beat import PlanLoop
     from webapp import create_app
 
     rds = PrivateRedis(tmp)

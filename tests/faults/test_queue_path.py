@@ -34,9 +34,9 @@ STORAGE_RETRY_S = 2.0
 
 @pytest.fixture(scope="module")
 def image_fs(tmp_path_factory):
-    """A 2 MiB tmpfs for the images (we run as root); the disk-full test fills it."""
+    """A 64 MiB tmpfs for the images (we run as root); the disk-full test fills it."""
     mnt = tmp_path_factory.mktemp("images")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs for the disk-full test (needs root): "
@@ -168,7 +168,14 @@ def test_the_sweeper_does_not_resend_a_query_whose_message_still_waits(stack):
 
 
 def _fill(mnt: Path) -> Path:
-    """Write zeros until the kernel says ENOSPC; returns the filler file."""
+    """Write zeros until the kernel says ENOSPC; returns the filler file.
+
+    The earlier tests' images are removed first (their queries are accounted for): the
+    space they held would otherwise stay taken when the filler goes, and with enough of
+    them the disk is full before the filler can even be created."""
+    for old in mnt.rglob("*"):
+        if old.is_file():
+            old.unlink()
     filler = mnt / "filler.bin"
     with open(filler, "wb") as fh:
         try:

@@ -108,7 +108,7 @@ def world(tmp_path):
     for qid in ("e" * 32, "b" * 32, "0" * 32):
         send_generate(app, qid, "light_sdxl", 1)
     live = LiveState.from_url(rds.url)
-    from hadis_celery.policy import ActivePlan
+    from planner.policy import ActivePlan
 
     live.publish_plan(ActivePlan(plan_id=p_active_old, light=0, heavy=3, light_queue="light_sdxl",
                                  heavy_queue="heavy_sd35_large", theta=0.0, tau=0.0,

@@ -14,11 +14,11 @@ from sqlalchemy import text
 
 from hadis_celery.db import make_engine
 from hadis_celery.examples import sd35_registry
-from hadis_celery.reference import read_prompts
-from hadis_celery.router.profile import RouterProfile
 from hadis_celery.settings import settings
 from planner.cascade import CascadeConfig
+from planner.reference import read_prompts
 from planner.reference_table import load_reference_table, load_scores
+from planner.router.profile import RouterProfile
 
 PG_BASE = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -95,7 +95,7 @@ def test_a_failed_transaction_leaves_nothing(engine, sd35_table):
 
 
 def test_router_profile_rows(engine, router_profile):
-    from hadis_celery.router.profile import RouterProfile
+    from planner.router.profile import RouterProfile
 
     with db.transaction(engine) as s:
         models.save_router_profile(s, "sd35", {"old": True})

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hadis_celery.reference import read_prompts
-from hadis_celery.router import FeatureExtractor
-from hadis_celery.router.profile import fit_profile
+from planner.reference import read_prompts
+from planner.router import FeatureExtractor
+from planner.router.profile import fit_profile
 
 
 @pytest.fixture(scope="session")

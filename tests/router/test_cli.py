@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from hadis_celery.cli import main
-from hadis_celery.router import RouterProfile
+from planner.router import RouterProfile
 
 
 def run(*args: str):

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from hadis_celery.router import FEATURE_NAMES, FeatureExtractor
+from planner.router import FEATURE_NAMES, FeatureExtractor
 
 
 def feats(extractor, prompt: str, features: str = "refined") -> dict[str, int]:
@@ -108,7 +108,7 @@ def test_blas_runs_on_one_thread_while_parsing_and_is_restored(extractor, imagen
 
     from threadpoolctl import threadpool_info
 
-    from hadis_celery.router.features import _BLAS
+    from planner.router.features import _BLAS
 
     def blas_threads() -> list[int]:
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
@@ -127,7 +127,7 @@ def test_blas_runs_on_one_thread_while_parsing_and_is_restored(extractor, imagen
 
 
 def test_spatial_terms_file_splits_on_newlines_only(tmp_path):
-    from hadis_celery.router.features import load_spatial_terms
+    from planner.router.features import load_spatial_terms
 
     path = tmp_path / "terms.txt"
     path.write_bytes(b"on top of\r\nnext\rto\n\nnear\nnear\n")
@@ -151,7 +151,7 @@ def test_blis_and_numpy_gemm_agree(extractor, imagenet_prompts, lexicon_path):
 def test_slim_attribute_ruler_keeps_every_pos_and_tag(extractor, imagenet_prompts, reference,
                                                      lexicon_path):
     """The ruler without its morphology and lemma rules: same POS and TAG, same counts."""
-    from hadis_celery.reference import read_prompts
+    from planner.reference import read_prompts
 
     full = FeatureExtractor(lexicon_path, slim_attribute_ruler=False)
     ddb = [p for p in read_prompts(reference / "prompts" / "diffusiondb_first_5k.txt")[:300]

@@ -7,16 +7,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hadis_celery.reference import read_prompts
-from hadis_celery.router import HardnessRouter, RouterProfile
-from hadis_celery.router.language import (
+from hadis_celery.settings import DEFAULT_ROUTER_PROFILE
+from planner.reference import read_prompts
+from planner.router import HardnessRouter, RouterProfile
+from planner.router.language import (
     NO_LETTERS,
     NON_ENGLISH,
     NON_LATIN,
     READABLE,
     unreadable_reason,
 )
-from hadis_celery.settings import DEFAULT_ROUTER_PROFILE
 
 
 @pytest.mark.parametrize(

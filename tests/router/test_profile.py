@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from hadis_celery.reference import read_prompts
-from hadis_celery.router import HardnessRouter, RouterProfile
-from hadis_celery.router.profile import RouterProfileError, fit_profile, tie_break
 from hadis_celery.settings import DEFAULT_ROUTER_PROFILE
+from planner.reference import read_prompts
+from planner.router import HardnessRouter, RouterProfile
+from planner.router.profile import RouterProfileError, fit_profile, tie_break
 
 
 def fit_scores(profile, feats, prompts) -> np.ndarray:

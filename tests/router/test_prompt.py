@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hadis_celery.router import MAX_PROMPT_CHARS, HardnessRouter, validate_prompt
+from planner.router import MAX_PROMPT_CHARS, HardnessRouter, validate_prompt
 
 
 @pytest.fixture(scope="module")

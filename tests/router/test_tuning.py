@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hadis_celery.reference import read_model_scores, read_prompts
-from hadis_celery.router.tuning import (
+from planner.reference import read_model_scores, read_prompts
+from planner.router.tuning import (
     all_pairs,
     capture_table,
     heavy_shares,

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import func, select
 
 from hadis_celery import db, store
+from hadis_celery.beat import PlanLoop
 from hadis_celery.celery import make_app
 from hadis_celery.live import LiveState
 from hadis_celery.models import PlanRow, QueryRow, WorkerHeartbeat
-from hadis_celery.router import validate_prompt
 from hadis_celery.settings import Settings
-from planner.beat import PlanLoop
+from planner.router import validate_prompt
 from tests.stack.conftest import (
     BROKER,
     WorkerProc,

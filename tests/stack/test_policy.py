@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from hadis_celery import policy
 from hadis_celery.examples import sd35_registry
 from hadis_celery.live import decode_message
+from planner import policy
 from tests.stack.conftest import plan_for
 
 

@@ -76,9 +76,9 @@ def stack(tmp_path_factory, redis11) -> Iterator[Stack]:
     from hadis_celery import db, store
     from hadis_celery.live import LiveState
     from hadis_celery.models import PlanRow
-    from hadis_celery.policy import ActivePlan
-    from hadis_celery.router import RouterProfile
     from hadis_celery.settings import DEFAULT_ROUTER_PROFILE
+    from planner.policy import ActivePlan
+    from planner.router import RouterProfile
     from workers.backends.replay import load_score_table
 
     tmp = tmp_path_factory.mktemp("testbed")

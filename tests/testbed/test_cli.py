@@ -111,7 +111,7 @@ def test_up_binds_its_workers_as_the_simulator_binds_its_first_plan():
     """Worker k in name order gets the queue the simulator's worker k (in the order of its
     own names) gets, so later rebinding moves the same workers in both."""
     from hadis_celery.commands.up import initial_queues, worker_names
-    from hadis_celery.policy import assign_queues
+    from planner.policy import assign_queues
 
     target = {"light_sd35_medium": 6, "heavy_sd35_large": 10}
     names = worker_names(16)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from hadis_celery.cli import main
 from hadis_celery.live import PLAN_KEY
-from hadis_celery.reference import read_prompts, reference_dir
+from planner.reference import read_prompts, reference_dir
 from tests.testbed.conftest import finite, write_trace
 
 K = 0.5  # wall seconds per trace second

@@ -17,9 +17,9 @@ import pytest
 import redis
 from werkzeug.serving import make_server
 
+from hadis_celery.beat import PlanLoop
 from hadis_celery.celery import make_app
 from hadis_celery.settings import Settings
-from planner.beat import PlanLoop
 from tests.stack.conftest import WorkerProc, celery_worker, database, make_settings, plan_for
 from tests.stack.conftest import wait_for as wait_for  # re-exported for the tests
 

@@ -31,11 +31,11 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from hadis_celery import db, store
+from hadis_celery.beat import PlanLoop
 from hadis_celery.celery import make_app
 from hadis_celery.live import decode_message
 from hadis_celery.models import QueryRow
 from hadis_celery.settings import Settings
-from planner.beat import PlanLoop
 from tests.stack.conftest import database, make_settings, plan_for
 from tests.web.conftest import form_token
 

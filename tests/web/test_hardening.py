@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 
 from hadis_celery.models import QueryRow
-from hadis_celery.router.prompt import MAX_PROMPT_CHARS
+from planner.router.prompt import MAX_PROMPT_CHARS
 
 
 def _rows(stack) -> int:

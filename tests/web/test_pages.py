@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hadis_celery.router.prompt import MAX_PROMPT_CHARS
+from planner.router.prompt import MAX_PROMPT_CHARS
 from tests.web.conftest import TOKEN_RE, wait_for
 from tests.web.conftest import form_token as _token
 from tests.web.conftest import post_form as _post

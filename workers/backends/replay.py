@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hadis_celery.reference import (
+from planner.reference import (
     IMAGES_PER_PROMPT,
     QUALITY_COLUMN,
     ReferenceDataError,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hadis_celery.router.features import (
+from planner.router.features import (
     DEFAULT_FEATURES,
     FEATURE_NAMES,
     FEATURE_SETS,

@@ -53,13 +53,14 @@ from dataclasses import dataclass, field
 from celery import Celery
 from sqlalchemy import Engine, select, update
 
-from hadis_celery import policy, store
+from hadis_celery import store
 from hadis_celery.db import transaction
 from hadis_celery.deployment import load_table, model_queues
 from hadis_celery.live import BEAT_KEY, LiveState, QueuedMessage
 from hadis_celery.logs import event
 from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.settings import Settings
+from planner import policy
 from planner.demand import EwmaDemand
 from planner.plan import Plan, PlannerState, QueueState
 from planner.registry import Registry, with_swap_s
@@ -180,8 +181,8 @@ class PlanLoop:
 
     @classmethod
     def from_settings(cls, s: Settings, app: Celery) -> PlanLoop:
-        from hadis_celery.router import RouterProfile
         from planner.baselines import make_planner
+        from planner.router import RouterProfile
 
         table = load_table(s)
         return cls(s=s, app=app, engine=store.serving_engine(s.database_url),

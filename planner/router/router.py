@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hadis_celery.router.features import FEATURE_NAMES, FeatureExtractor
-from hadis_celery.router.language import unreadable_reason
-from hadis_celery.router.profile import RouterProfile, tie_break
-from hadis_celery.router.prompt import validate_prompt
+from planner.router.features import FEATURE_NAMES, FeatureExtractor
+from planner.router.language import unreadable_reason
+from planner.router.profile import RouterProfile, tie_break
+from planner.router.prompt import validate_prompt
 
 
 class HardnessRouter:

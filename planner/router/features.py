@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hadis_celery.router.prompt import MAX_TOKENS
+from planner.router.prompt import MAX_TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hadis_celery.router.profile import REFERENCE_WEIGHTS, fit_profile, tie_break
+from planner.router.profile import REFERENCE_WEIGHTS, fit_profile, tie_break
 
 DEFAULT_RATIOS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 SHIFT_PENALTY = 10.0
