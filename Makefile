@@ -34,6 +34,7 @@ up: install services
 
 lint: install
 	$(BIN)/python -m ruff check .
+	$(BIN)/lint-imports
 
 test: install services system-deps lint
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -352,7 +352,7 @@ def _wait_rows(engine, store, ids: list[str], timeout_s: float):
     from sqlalchemy import select
 
     from hadis_celery.db import transaction
-    from hadis_celery.models import QueryRow
+    from hadis_celery.tables import QueryRow
 
     end = time.monotonic() + timeout_s
     while True:

@@ -17,11 +17,12 @@ import sys
 import time
 from dataclasses import asdict, replace
 
+from hadis_celery.scenario import default_scenario
 from planner.demand import EwmaDemand
 from planner.plus import HadisPlusPlanner, PlusOptions
 from sim.engine import SimResult, Simulation, Workload
 from sim.experiments import simulate
-from sim.scenario import TRACES, Scenario, default_scenario
+from sim.scenario import TRACES, Scenario
 from sim.trace import poisson_trace, read_trace
 from sim.workload import build_workload
 

@@ -1,5 +1,6 @@
-"""Simulator benchmark: every policy on the default scenario, the oracle bound, the other
-two traces, and the simulator's own speed.
+"""Simulator benchmark: every policy on the default scenario, the oracle (HADIS told each
+period's demand: no bound, hadis-plus beats it; ``python -m bench.bound`` has a true one),
+the other two traces, and the simulator's own speed.
 
 Run from the repo root: ``python -m bench.simulate``. The last line is one JSON object.
 """
@@ -10,9 +11,10 @@ import json
 import sys
 import time
 
+from hadis_celery.scenario import default_scenario
 from planner.baselines import PLANNERS
 from sim.experiments import simulate
-from sim.scenario import TRACES, default_scenario
+from sim.scenario import TRACES
 from sim.trace import read_trace
 from sim.workload import build_workload
 

@@ -18,8 +18,13 @@ tick so that plans fall on the simulator's period boundaries.
 
 ``sim_jittered`` reruns the simulator with every arrival delayed by a uniform draw up to
 what the live front door added (p99): how much the simulator's own figures move under a
-perturbation that small. ``--planner``, ``--start/--duration/--limit`` (a slice) and
-``--keep`` (keep the database and logs) are for investigations.
+perturbation that small. ``replay`` plans the live run's recorded planner inputs again
+(``hadis plan replay``): periods where the planner, given what the beat saw, decides
+otherwise than it did live. ``--runs N`` repeats the whole run N times (a fresh stack
+each) and prints each run and the spread (min / median / max) of the violation ratio, FID
+and plan changes, live and simulated. ``--planner`` (any of ``PLANNERS``),
+``--start/--duration/--limit`` (a slice) and ``--keep`` (keep the database and logs) are
+for investigations.
 """
 
 from __future__ import annotations
@@ -99,7 +104,30 @@ def _fig(res) -> dict:
     return {k: s[k] for k in keys}
 
 
+SPREAD_KEYS = ("slo_violation_ratio", "fid", "plan_changes")
+
+
+def spread(runs: list[dict]) -> dict:
+    """Min / median / max (and every value, in run order) of the violation ratio, FID and
+    plan changes, live and simulated, over ``runs``."""
+    import numpy as np
+
+    out: dict = {}
+    for side in ("live", "sim"):
+        out[side] = {}
+        for k in SPREAD_KEYS:
+            vals = [r[side][k] for r in runs]
+            out[side][k] = {"min": min(vals), "median": round(float(np.median(vals)), 5),
+                            "max": max(vals), "runs": vals}
+    out["violation_points_apart"] = [r["diff"]["slo_violation_diff_points"] for r in runs]
+    out["fid_pct_apart"] = [r["diff"]["fid_diff_pct"] for r in runs]
+    out["within_target"] = [r["diff"]["within_target"] for r in runs]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from planner.baselines import PLANNERS
+
     ap = argparse.ArgumentParser(prog="python -m bench.testbed")
     ap.add_argument("--time-scale", type=float, default=TIME_SCALE,
                     help="K: wall seconds per trace second")
@@ -108,7 +136,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--start", type=float, default=0.0, help="slice start, trace seconds")
     ap.add_argument("--duration", type=float, default=None, help="slice length, trace s")
     ap.add_argument("--limit", type=int, default=None, help="at most this many arrivals")
-    ap.add_argument("--planner", default="hadis", help="planner of both runs")
+    ap.add_argument("--planner", default="hadis", choices=list(PLANNERS),
+                    help="planner of both runs")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="repeat the whole run (a fresh stack each); print each and the spread")
     ap.add_argument("--solver", default="highs", help="MILP solver of both runs")
     ap.add_argument("--jitter-runs", type=int, default=8,
                     help="simulator runs with arrivals delayed by up to the live run's "
@@ -122,20 +153,48 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if not args.time_scale > 0:
         ap.error("--time-scale must be positive")
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    if args.runs == 1:
+        out = one_run(args, args.out)
+        print(json.dumps(out))
+        return out
+    runs = []
+    for i in range(args.runs):
+        print(f"run {i + 1} of {args.runs}", file=sys.stderr)
+        r = one_run(args, str(Path(args.out) / f"run{i + 1}"))
+        runs.append(r)
+        print(json.dumps({"run": i + 1, "live": r.get("live"), "sim": r.get("sim"),
+                          "diff": r.get("diff"), "replay": r.get("replay")}),
+              file=sys.stderr)
+    done = [r for r in runs if r]
+    out = {"runs": len(runs), "planner": args.planner, "trace": args.trace,
+           "time_scale": args.time_scale, "workers": args.workers,
+           "each": [{k: r.get(k) for k in ("live", "sim", "diff", "replay", "arrivals",
+                                           "total_wall_s", "load_avg_p50")} for r in runs],
+           "spread": spread(done) if done else None}
+    (Path(args.out) / "runs.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
+    return out
 
+
+def one_run(args: argparse.Namespace, out_dir: str) -> dict:
+    """One live run and its simulator runs (the module doc); the summary, also written
+    under ``out_dir``."""
     import numpy as np
     import redis
     from tqdm import tqdm
 
+    from hadis_celery.commands.plan import load_profile, replay_rows
     from hadis_celery.live import LiveState
     from hadis_celery.loadgen import Client, Endpoint, replay, select_arrivals
+    from hadis_celery.scenario import default_scenario
     from planner.baselines import make_planner
     from planner.demand import EwmaDemand
     from planner.table import ProfileTable
     from sim.engine import Simulation, Workload
     from sim.fid import fallback_model
     from sim.live import compare, live_result, overheads, write_report
-    from sim.scenario import default_scenario
     from sim.trace import Trace, read_trace
     from sim.workload import build_workload
 
@@ -238,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
             res = simulate(True, Workload(t[o], wl.router_score[o],
                                           {m: q[o] for m, q in wl.quality.items()}))
             spread.append((res.slo_violation_ratio, res.fid))
+        replayed = replay_recorded(db_url, str(table_path), load_profile, replay_rows)
         slo_wall_ms = s.slo_s * k * 1000
         fastest_ms = min(m.latency_b1 for m in sc.registry) * k * 1000
         # what one query can pay on top of the model: the p99 of each part, added up
@@ -258,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "fid_min": round(min(f for _, f in spread), 3) if spread else None,
                 "fid_max": round(max(f for _, f in spread), 3) if spread else None,
             },
+            "replay": replayed,
             "overheads_ms": over,
             "overhead_vs_slo": round(worst / slo_wall_ms, 5),
             "overhead_vs_fastest_model": round(worst / fastest_ms, 4),
@@ -270,14 +331,14 @@ def main(argv: list[str] | None = None) -> dict:
             "load_avg_p50": round(sorted(load)[len(load) // 2], 2) if load else None,
             "load_avg_max": round(max(load), 2) if load else None, "cpus": os.cpu_count(),
         }
-        write_report(args.out, {"live": live, "sim": sim, "sim-default-start": sim_default},
+        write_report(out_dir, {"live": live, "sim": sim, "sim-default-start": sim_default},
                      run.records, time_scale=k,
                      summary=out, title=f"Testbed: live stack vs simulator, {args.trace}, "
                      f"time scale {k:g}",
                      notes=f"Differences: {json.dumps(diff)}\n\nOverheads (wall ms): "
                            f"{json.dumps(over)}\n")
-        (Path(args.out) / "stack.log").write_text(up_log.read_text(errors="replace"))
-        shutil.copytree(tmp / "log", Path(args.out) / "logs", dirs_exist_ok=True)
+        (Path(out_dir) / "stack.log").write_text(up_log.read_text(errors="replace"))
+        shutil.copytree(tmp / "log", Path(out_dir) / "logs", dirs_exist_ok=True)
     finally:
         _stop(up)
         r.flushdb()
@@ -285,8 +346,30 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(out))
     return out
+
+
+def replay_recorded(db_url: str, profile: str, load_profile, replay_rows) -> dict:
+    """``hadis plan replay`` over every plan the live beat recorded: how many, how many
+    the planner decides otherwise when given the same inputs again, and the first few."""
+    from sqlalchemy import select
+
+    from hadis_celery import db
+    from hadis_celery.tables import PlanRow
+    from planner.plan import Plan
+
+    engine = db.make_engine(db_url)
+    try:
+        with db.transaction(engine) as ses:
+            rows = [r for r in ses.scalars(select(PlanRow).order_by(PlanRow.id)) if r.inputs]
+            lookup = {r.id: Plan.from_dict(r.body) for r in ses.scalars(select(PlanRow))}
+    finally:
+        engine.dispose()
+    table, registry, _ = load_profile(profile, None, db_url)
+    out = replay_rows(rows, table, registry, lookup=lookup)
+    differ = [r for r in out if r.differs]
+    return {"plans": len(out), "differ": len(differ),
+            "first_differing": [r.to_dict() for r in differ[:5]]}
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def fill(engine, rows: int, plans: int, now: float, seed: int = 1) -> None:
     from sqlalchemy import insert
 
     from hadis_celery.db import transaction
-    from hadis_celery.models import PlanRow, QueryRow
+    from hadis_celery.tables import PlanRow, QueryRow
 
     cols = set(QueryRow.__table__.columns.keys())
     rng = random.Random(seed)

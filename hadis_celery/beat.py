@@ -3,15 +3,18 @@
 Every ``HADIS_PLAN_PERIOD_S`` Celery beat sends ``hadis.plan``; ``PlanLoop.tick``:
 
 1. reads (and resets) the arrival counters and per-queue enqueue counters, and every model
-   queue's length, from Redis; folds arrivals into the EWMA demand (kept in Redis, so a
-   restarted beat resumes it);
+   queue's length, from Redis; folds arrivals into the EWMA demand (kept in Redis, and in
+   SQL with each plan for when Redis lost it);
 2. builds a ``PlannerState`` in *profile time* (SLO / time factor, rates x time factor: a
    replay stack running 100x faster gets the plans the real cluster would) with the live
    workers (heartbeat keys) as the budget, or ``HADIS_WORKERS``, and calls the planner;
-3. stores the plan in SQL, publishes its live view (``policy.ActivePlan``: θ, τ, batch sizes,
-   queues) in Redis, rebinds workers to queues with ``add_consumer``/``cancel_consumer``
-   (addressed with ``destination`` so each call returns on the one reply instead of
-   waiting its timeout), and moves queued messages off queues no worker serves any more.
+3. stores the plan in SQL with the planner's memory and inputs (``plans.inputs``: what
+   ``hadis plan replay`` feeds the planner again; a beat that starts resumes from the
+   latest plan, ``PlanLoop.resume``), publishes its live view (``policy.ActivePlan``: θ,
+   τ, batch sizes, queues) in Redis, rebinds workers to queues with
+   ``add_consumer``/``cancel_consumer`` (addressed with ``destination`` so each call
+   returns on the one reply instead of waiting its timeout), and moves queued messages off
+   queues no worker serves any more.
 
 When the beat is down nothing expires: workers and the front door keep the last plan.
 
@@ -53,17 +56,19 @@ from dataclasses import dataclass, field
 from celery import Celery
 from sqlalchemy import Engine, select, update
 
-from hadis_celery import store
+from hadis_celery import store, transport
 from hadis_celery.db import transaction
 from hadis_celery.deployment import load_table, model_queues
-from hadis_celery.live import BEAT_KEY, LiveState, QueuedMessage
+from hadis_celery.live import BEAT_KEY, LiveState
 from hadis_celery.logs import event
-from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.settings import Settings
+from hadis_celery.tables import PlanRow, QueryRow
+from hadis_celery.transport import GenerateMessage
 from planner import policy
 from planner.demand import EwmaDemand
-from planner.plan import Plan, PlannerState, QueueState
+from planner.plan import Plan, PlannerState, QueueState, state_inputs
 from planner.registry import Registry, with_swap_s
+from planner.status import WAITING, QueryStatus
 from planner.table import ProfileTable
 
 log = logging.getLogger(__name__)
@@ -116,10 +121,9 @@ def move_orphans(app: Celery, live: LiveState, engine: Engine, plan: policy.Acti
                  served: set[str], queues: list[str]) -> dict[str, int]:
     """Queued messages of queues no worker consumes go where ``policy.orphan_destination``
     says (only ever a queue with a consumer; the row is updated first, then the message is
-    re-sent). A drained message whose row no longer waits on that queue is dead (a
-    duplicate, or its query ended) and is not re-sent. Returns destination -> count."""
-    from workers.serving import send_generate
-
+    re-sent through ``transport.dispatch``). A drained message whose row no longer waits on
+    that queue is dead (a duplicate, or its query ended) and is not re-sent. Returns
+    destination -> count."""
     moved: dict[str, int] = {}
     lengths = live.queue_lengths(queues)
     for q, n in lengths.items():
@@ -129,27 +133,35 @@ def move_orphans(app: Celery, live: LiveState, engine: Engine, plan: policy.Acti
         reason = (f"no worker consumes {q} under plan {plan.plan_id}; moved to {dest}, "
                   "which has one")
         while msgs := live.drain(q, 100):
-            ids = [m.query_id for m in msgs]
-            with transaction(engine) as s:
-                s.execute(update(QueryRow).where(QueryRow.id.in_(ids),
-                                                 QueryRow.status.in_(store.WAITING),
-                                                 QueryRow.queue == q)
-                          .values(queue=dest, updated_at=time.time()))
-                waiting = set(s.scalars(select(QueryRow.id).where(
-                    QueryRow.id.in_(ids), QueryRow.queue == dest,
-                    QueryRow.status.in_(store.WAITING))))
-            sent: set[str] = set()
-            for i, m in enumerate(msgs):
-                if m.query_id in waiting and m.query_id not in sent:  # one message each
-                    try:
-                        send_generate(app, m.query_id, dest, m.attempt + 1, m.sent_at)
-                    except Exception:  # the rest have no message: the next sweep sends them
-                        store.mark_unsent(engine, [x.query_id for x in msgs[i:]])
-                        raise
-                    sent.add(m.query_id)
-                    moved[dest] = moved.get(dest, 0) + 1
-                    event(log, "query.moved", query_id=m.query_id, from_queue=q, queue=dest,
-                          reason=reason)
+
+            def write(q: str = q, dest: str = dest, msgs: list[GenerateMessage] = msgs
+                      ) -> list[GenerateMessage]:
+                """The rows move to ``dest``; one message each for those still waiting."""
+                ids = [m.query_id for m in msgs]
+                with transaction(engine) as s:
+                    s.execute(update(QueryRow).where(QueryRow.id.in_(ids),
+                                                     QueryRow.status.in_(WAITING),
+                                                     QueryRow.queue == q)
+                              .values(queue=dest, updated_at=time.time()))
+                    rows = {r.id: r for r in s.execute(select(
+                        QueryRow.id, QueryRow.queue, QueryRow.attempts).where(
+                        QueryRow.id.in_(ids), QueryRow.queue == dest,
+                        QueryRow.status.in_(WAITING)))}
+                out: dict[str, GenerateMessage] = {}
+                for m in msgs:
+                    if m.query_id in rows and m.query_id not in out:
+                        out[m.query_id] = GenerateMessage.for_row(rows[m.query_id],
+                                                                  sent_at=m.sent_at)
+                return list(out.values())
+
+            def send(m: GenerateMessage, q: str = q, dest: str = dest,
+                     reason: str = reason) -> None:
+                transport.publish(app, m)
+                moved[dest] = moved.get(dest, 0) + 1
+                event(log, "query.moved", query_id=m.query_id, from_queue=q, queue=dest,
+                      reason=reason)
+
+            transport.dispatch(app, engine, write, send=send)
     return moved
 
 
@@ -175,7 +187,9 @@ class PlanLoop:
     table: ProfileTable
     planner: object
     theta_for: object = None
-    previous: Plan | None = None
+    previous: Plan | None = None  # the planner's last plan, with its memory (``resume``)
+    previous_id: int | None = None  # its row in SQL
+    resumed: dict = field(default_factory=dict)  # the EWMA record of the plan resumed from
     last: dict = field(default_factory=dict)
     swaps: dict = field(default_factory=dict)  # model name -> measured swap s (wall)
 
@@ -185,10 +199,34 @@ class PlanLoop:
         from planner.router import RouterProfile
 
         table = load_table(s)
-        return cls(s=s, app=app, engine=store.serving_engine(s.database_url),
+        loop = cls(s=s, app=app, engine=store.serving_engine(s.database_url),
                    live=LiveState.from_url(s.state_url), table=table,
                    planner=make_planner(s.planner, solver=s.solver, **planner_options(s)),
                    theta_for=RouterProfile.load(s.router_profile).threshold_for)
+        loop.resume()
+        return loop
+
+    def resume(self) -> int | None:
+        """Pick up the state the last beat left in SQL: the latest plan becomes the previous
+        plan (with the planner's ``memory``: hysteresis, step detector, forecaster), and the
+        EWMA it recorded stands in when Redis lost the beat's own record. Returns that
+        plan's id (None: no plan yet, or SQL unreachable: the planner starts afresh)."""
+        try:
+            rows = store.latest_plans(self.engine, 1)
+            if not rows:
+                return None
+            previous = Plan.from_dict(rows[0].body)
+        except Exception as exc:  # SQL down or a row it cannot read: plan from scratch
+            log.warning("cannot resume the planner's state from SQL (%s)", exc)
+            return None
+        row = rows[0]
+        self.previous, self.previous_id = previous, row.id
+        beat = dict((row.inputs or {}).get("beat") or {})
+        if "t" in beat and "demand" in beat:
+            self.resumed = {"t": float(beat["t"]), "demand": float(beat["demand"])}
+        event(log, "planner.resumed", plan_id=row.id, planner=previous.planner,
+              memory=sorted(previous.memory))
+        return row.id
 
     @property
     def queues(self) -> list[str]:
@@ -211,7 +249,7 @@ class PlanLoop:
         queues = self.queues
         arrivals, enq = self.live.take_counters(queues)
         lengths = self.live.queue_lengths(queues)
-        beat = self.live.get_json(BEAT_KEY) or {}
+        beat = self.live.get_json(BEAT_KEY) or self.resumed  # Redis lost it: SQL's record
         dt = now - float(beat.get("t", now - self.s.plan_period_s))
         dt = dt if dt > 0 else self.s.plan_period_s
         prev = beat.get("demand")
@@ -226,6 +264,14 @@ class PlanLoop:
                           previous=self.previous)
         info = {"t": now, "demand": demand, "arrivals": arrivals, "dt": dt,
                 "lengths": lengths, "workers": sorted(workers)}
+        info["inputs"] = {
+            **state_inputs(st),
+            "previous_id": self.previous_id if self.previous is not None else None,
+            "beat": {"t": now, "dt": dt, "arrivals": arrivals, "demand_before": prev,
+                     "demand": demand, "time_factor": tf},
+            "planner": {"name": self.s.planner, "solver": self.s.solver,
+                        "options": planner_options(self.s)},
+            "table": {"name": self.table.name, "rows": len(self.table.rows)}}
         return st, info
 
     def tick(self, now: float | None = None) -> dict:
@@ -233,22 +279,26 @@ class PlanLoop:
         now = time.time() if now is None else now
         self.recover(now)
         st, info = self.state(now)
+        inputs = info.pop("inputs")
         plan = self.planner.plan(st)
         self.previous = plan
-        out = self.apply(plan, info["workers"], demand=info["demand"])
+        out = self.apply(plan, info["workers"], demand=info["demand"], inputs=inputs)
+        self.previous_id = out["plan_id"]
         self.live.set_json(BEAT_KEY, {"t": now, "demand": info["demand"],
                                       "plan_id": out["plan_id"]})
         self.last = {**info, **out}
         return self.last
 
     def apply(self, plan: Plan, workers: list[str] | None = None,
-              demand: float | None = None) -> dict:
-        """Store ``plan``, publish it, rebind ``workers`` (the live ones by default)."""
+              demand: float | None = None, inputs: dict | None = None) -> dict:
+        """Store ``plan`` (with the planner's ``inputs``, when it was planned here), publish
+        it, rebind ``workers`` (the live ones by default)."""
         c = plan.config
         plan_id = store.save_plan(self.engine, PlanRow(
             planner=plan.planner, light=c.light, heavy=c.heavy,
             demand=plan.demand if demand is None else demand, fid=plan.fid,
-            overloaded=plan.overloaded, body=plan.to_dict(), live={}, bindings={}))
+            overloaded=plan.overloaded, body=plan.to_dict(), live={}, bindings={},
+            inputs=inputs))
         active = policy.ActivePlan.from_plan(plan, self.table.registry, plan_id=plan_id,
                                              theta_for=self.theta_for)
         self.live.publish_plan(active)
@@ -268,8 +318,6 @@ class PlanLoop:
         the latest plan from SQL, re-send every waiting row's message (the same attempt: a
         replacement, not a retry), drop those whose deadline passed, then set the marker.
         Returns (re-sent ids, dropped ids), or None when nothing was lost."""
-        from workers.serving import send_generate
-
         now = time.time() if now is None else now
         if self.live.epoch() is not None:
             return None
@@ -288,13 +336,14 @@ class PlanLoop:
                     reason = (f"deadline passed while its message was lost with Redis' data "
                               f"(open as {r.status})")
                     if store.sweep_update(self.engine, r.id, r.status, NEVER,
-                                          {"status": "dropped", "finished_at": now,
+                                          {"status": QueryStatus.DROPPED, "finished_at": now,
                                            "reason": reason}, now):
                         dropped.append(r.id)
                         event(log, "query.dropped", query_id=r.id, queue=r.queue,
-                              reason=reason, status="dropped")
+                              reason=reason, status=QueryStatus.DROPPED)
                     continue
-                send_generate(self.app, r.id, r.queue, r.attempts or 1)
+                # the row is unchanged: its message again (a replacement, not an attempt)
+                transport.send_written(self.app, self.engine, [GenerateMessage.for_row(r)])
                 resent.append(r.id)
                 event(log, "query.resent", query_id=r.id, queue=r.queue, attempt=r.attempts,
                       reason="redis_lost", status=r.status)
@@ -360,7 +409,6 @@ class PlanLoop:
 
     def _sweep(self, now: float) -> dict:
         from hadis_celery.celery import longest_batch_s
-        from workers.serving import send_generate
 
         recovered = self.recover(now)
         resent, dropped = recovered if recovered else ([], [])
@@ -379,7 +427,7 @@ class PlanLoop:
                 if r.id not in handled]
         expired = [r for r in store.expired(self.engine, now, exclude_queues=served)
                    if r.id not in handled and r.id not in {x.id for x in rows}]
-        on_lists: dict[str, list[tuple[str, QueuedMessage]]] = {}
+        on_lists: dict[str, list[tuple[str, GenerateMessage]]] = {}
         if rows or expired:  # where their messages are (one read of the lists)
             for q, msgs in self.live.messages(self.queues).items():
                 for m in msgs:
@@ -395,7 +443,7 @@ class PlanLoop:
                 dropped.append(r.id)
             self._discard(on_lists.pop(r.id, []))
         for r in rows:
-            running = r.status == "running"
+            running = r.status == QueryStatus.RUNNING
             before = now - (lease if running else after)
             attempts = r.attempts or 0
             found = on_lists.get(r.id, [])
@@ -411,7 +459,8 @@ class PlanLoop:
                     self._discard([(r.queue, here[0])])
                 continue
             if here:  # not lost: it waits in a backlog; no second message
-                values = {"status": "queued", "attempts": attempts + 1} if running else {}
+                values = ({"status": QueryStatus.QUEUED, "attempts": attempts + 1}
+                          if running else {})
                 if store.sweep_update(self.engine, r.id, r.status, before, values, now):
                     waiting.append(r.id)
                     event(log, "query.waiting", logging.DEBUG if not running else logging.INFO,
@@ -427,14 +476,14 @@ class PlanLoop:
             if movable and queue not in served:
                 queue = policy.orphan_destination(plan, queue, served) or queue
             if action == DROP:
-                values = {"status": "dropped", "finished_at": now,
+                values = {"status": QueryStatus.DROPPED, "finished_at": now,
                           "reason": f"deadline passed before it could run: {lost}"}
             elif action == FAIL:
-                values = {"status": "failed", "finished_at": now,
+                values = {"status": QueryStatus.FAILED, "finished_at": now,
                           "reason": f"gave up after {attempts} attempts "
                                     f"(HADIS_MAX_ATTEMPTS={self.s.max_attempts}): {lost}"}
             else:
-                values = {"status": "queued" if running else r.status,
+                values = {"status": QueryStatus.QUEUED if running else r.status,
                           "attempts": attempts + 1}
                 if queue != r.queue:
                     values["queue"] = queue
@@ -443,18 +492,15 @@ class PlanLoop:
             if action == DROP:
                 dropped.append(r.id)
                 event(log, "query.dropped", query_id=r.id, queue=r.queue,
-                      reason=values["reason"], status="dropped")
+                      reason=values["reason"], status=QueryStatus.DROPPED)
                 continue
             if action == FAIL:
                 failed.append(r.id)
                 event(log, "query.failed", logging.WARNING, query_id=r.id, queue=r.queue,
-                      reason=values["reason"], status="failed")
+                      reason=values["reason"], status=QueryStatus.FAILED)
                 continue
-            try:
-                send_generate(self.app, r.id, queue, attempts + 1)
-            except Exception:
-                store.mark_unsent(self.engine, [r.id])
-                raise
+            transport.send_written(self.app, self.engine, [GenerateMessage.for_row(
+                r, queue, attempts=values["attempts"])])  # the row is written (above)
             resent.append(r.id)
             event(log, "query.resent", query_id=r.id, queue=queue, attempt=attempts + 1,
                   reason="worker_lost" if running else "message_lost", detail=lost,
@@ -470,16 +516,17 @@ class PlanLoop:
 
     def _drop(self, r: QueryRow, before: float, reason: str, now: float) -> bool:
         if not store.sweep_update(self.engine, r.id, r.status, before,
-                                  {"status": "dropped", "finished_at": now, "reason": reason},
+                                  {"status": QueryStatus.DROPPED, "finished_at": now,
+                                   "reason": reason},
                                   now):
             return False
         event(log, "query.dropped", query_id=r.id, queue=r.queue, reason=reason,
-              status="dropped")
+              status=QueryStatus.DROPPED)
         return True
 
-    def _discard(self, found: list[tuple[str, QueuedMessage]]) -> None:
+    def _discard(self, found: list[tuple[str, GenerateMessage]]) -> None:
         """Remove these (dead or duplicate) messages from their lists."""
-        by_queue: dict[str, list[QueuedMessage]] = {}
+        by_queue: dict[str, list[GenerateMessage]] = {}
         for q, m in found:
             by_queue.setdefault(q, []).append(m)
         for q, msgs in by_queue.items():

@@ -14,14 +14,15 @@ consumers pop from the right, so ``RPOP queue n`` takes the next ``n`` messages 
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import redis
 
+from hadis_celery.transport import GENERATE_TASK as GENERATE_TASK  # re-exported
+from hadis_celery.transport import GenerateMessage
+from hadis_celery.transport import decode as decode_message
 from planner.policy import ActivePlan
 
 PREFIX = "hadis:"
@@ -36,43 +37,12 @@ EPOCH_KEY = PREFIX + "epoch"
 # live of ``HADIS_STORAGE_RETRY_S``; a successful write deletes it. While it exists the front
 # door refuses new work and ``/v1/health`` reports it (``LiveState.storage_fault``).
 STORAGE_KEY = PREFIX + "storage"
-GENERATE_TASK = "hadis.generate"
 
 
 def connect(url: str, timeout_s: float = 1.0) -> redis.Redis:
     """A client that fails fast (``timeout_s`` to connect and per command)."""
     return redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
                                 socket_timeout=max(timeout_s, 2.0), health_check_interval=30)
-
-
-@dataclass(frozen=True)
-class QueuedMessage:
-    """A ``hadis.generate`` message taken raw from a queue list."""
-
-    query_id: str
-    queue: str
-    attempt: int = 0
-    sent_at: float | None = None
-    raw: bytes = b""
-    swapped: bool = False  # handed back once by a worker swapping models: not again
-
-
-def decode_message(raw: bytes) -> QueuedMessage | None:
-    """The query a kombu/Celery message carries, or None when it is not ours."""
-    try:
-        env = json.loads(raw)
-        if env.get("headers", {}).get("task") != GENERATE_TASK:
-            return None
-        body = env["body"]
-        if env.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        args = json.loads(body)[0]
-        attempt = int(args[2]) if len(args) > 2 else 0
-        sent_at = float(args[3]) if len(args) > 3 and args[3] is not None else None
-        swapped = bool(args[4]) if len(args) > 4 else False
-        return QueuedMessage(str(args[0]), str(args[1]), attempt, sent_at, raw, swapped)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None
 
 
 class LiveState:
@@ -184,7 +154,7 @@ class LiveState:
         return out
 
     # -- raw queue access (worker-side batching, orphan moves) ---------------------------
-    def drain(self, queue: str, n: int) -> list[QueuedMessage]:
+    def drain(self, queue: str, n: int) -> list[GenerateMessage]:
         """Take up to ``n`` ``hadis.generate`` messages from ``queue`` (oldest first).
         Anything else popped by mistake is pushed back where it was."""
         if n <= 0:
@@ -198,19 +168,19 @@ class LiveState:
             self.r.rpush(queue, *reversed(foreign))
         return out
 
-    def messages(self, queues: Sequence[str]) -> dict[str, list[QueuedMessage]]:
+    def messages(self, queues: Sequence[str]) -> dict[str, list[GenerateMessage]]:
         """Every ``hadis.generate`` message waiting on each queue, oldest first, read
         without taking them (one pipelined round trip; the sweeper and the pruner use it)."""
         pipe = self.r.pipeline(transaction=False)
         for q in queues:
             pipe.lrange(q, 0, -1)
-        out: dict[str, list[QueuedMessage]] = {}
+        out: dict[str, list[GenerateMessage]] = {}
         for q, raws in zip(queues, pipe.execute(), strict=True):
             msgs = [m for m in map(decode_message, reversed(raws or [])) if m is not None]
             out[q] = msgs
         return out
 
-    def remove_messages(self, queue: str, msgs: Iterable[QueuedMessage]) -> int:
+    def remove_messages(self, queue: str, msgs: Iterable[GenerateMessage]) -> int:
         """Remove these very messages from ``queue`` (one copy each; a message a worker took
         meanwhile is simply not found). Returns how many were removed."""
         raws = [m.raw for m in msgs if m.raw]
@@ -221,7 +191,7 @@ class LiveState:
             pipe.lrem(queue, 1, raw)
         return int(sum(int(n or 0) for n in pipe.execute()))
 
-    def push_back(self, queue: str, msgs: Iterable[QueuedMessage]) -> None:
+    def push_back(self, queue: str, msgs: Iterable[GenerateMessage]) -> None:
         """Return messages to the head of ``queue`` (they were next in line)."""
         raws = [m.raw for m in msgs]
         if raws:

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from sim.live import FINAL, LiveRecord
+from planner.status import FINAL, QueryStatus
+from sim.live import LiveRecord
 
 Progress = Callable[[int], None]
 
@@ -162,7 +163,7 @@ def _record_answer(rec: LiveRecord, status: int, body: dict, headers: dict[str, 
         t = body.get("timings") or {}
         rec.id, rec.route, rec.plan_id = body.get("id"), body.get("route"), body.get("plan_id")
         rec.hardness, rec.theta = _number(body.get("hardness")), _number(body.get("theta"))
-        rec.slo_s, rec.status = body.get("slo_s"), body.get("status", "queued")
+        rec.slo_s, rec.status = body.get("slo_s"), body.get("status", QueryStatus.QUEUED)
         rec.received_at, rec.deadline = t.get("received_at"), t.get("deadline")
         try:
             rec.added_ms = float(headers.get("X-Hadis-Added-Ms", "nan"))

@@ -119,8 +119,8 @@ def prune(engine, age_s: float, *, store: ImageStore | None = None, live=None,
     from sqlalchemy import delete, select
 
     from hadis_celery.db import transaction
-    from hadis_celery.models import PlanRow, QueryRow
     from hadis_celery.store import FINAL, OPEN
+    from hadis_celery.tables import PlanRow, QueryRow
 
     if age_s <= 0:
         raise ValueError("the age must be more than 0 s")
@@ -196,7 +196,7 @@ def _stray_images(engine, store: ImageStore, cutoff: float, dry_run: bool) -> in
     from sqlalchemy import select
 
     from hadis_celery.db import transaction
-    from hadis_celery.models import QueryRow
+    from hadis_celery.tables import QueryRow
 
     n = 0
     candidates = [(name, mtime) for name, mtime in store.entries()
@@ -221,8 +221,8 @@ def _dead_messages(engine, live, queues: Sequence[str], dry_run: bool) -> int:
     from sqlalchemy import select
 
     from hadis_celery.db import transaction
-    from hadis_celery.models import QueryRow
     from hadis_celery.store import OPEN
+    from hadis_celery.tables import QueryRow
 
     n = 0
     for q, msgs in live.messages(queues).items():

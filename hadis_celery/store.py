@@ -1,4 +1,4 @@
-"""SQL operations of the serving stack on the tables of ``hadis_celery.models``.
+"""SQL operations of the serving stack on the tables of ``hadis_celery.tables``.
 
 Every state change of a query is one short transaction, and each is conditional on the
 state it expects, so a duplicate message (the sweeper re-sent one, Celery redelivered after
@@ -26,11 +26,10 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import Engine, and_, delete, event, exc, or_, select, update
 
 from hadis_celery.db import make_engine, transaction
-from hadis_celery.models import ModelLoad, PlanRow, QueryRow, WorkerHeartbeat
+from hadis_celery.tables import ModelLoad, PlanRow, QueryRow, WorkerHeartbeat
+from planner.status import FINAL as FINAL  # re-exported: the groups of states
+from planner.status import OPEN, WAITING, QueryStatus
 
-WAITING = ("queued", "rerouted")  # a message for the row is (or should be) on a queue
-OPEN = WAITING + ("running",)
-FINAL = ("done", "dropped", "failed")
 UNSENT_AT = 0.0  # updated_at of a waiting row whose message could not be sent
 
 
@@ -75,6 +74,13 @@ def delete_query(engine: Engine, query_id: str) -> None:
         s.execute(delete(QueryRow).where(QueryRow.id == query_id))
 
 
+def delete_queries(engine: Engine, query_ids: Sequence[str]) -> None:
+    """Undo the inserts of a batch whose messages could not be sent: one ``DELETE``."""
+    if query_ids:
+        with transaction(engine) as s:
+            s.execute(delete(QueryRow).where(QueryRow.id.in_(list(query_ids))))
+
+
 def get_query(engine: Engine, query_id: str) -> QueryRow | None:
     with transaction(engine) as s:
         return s.get(QueryRow, query_id)
@@ -90,10 +96,10 @@ def claim(engine: Engine, ids: Sequence[str], queue: str, token: str, now: float
         s.execute(update(QueryRow)
                   .where(QueryRow.id.in_(list(ids)), QueryRow.status.in_(WAITING),
                          QueryRow.queue == queue)
-                  .values(status="running", worker=token, updated_at=now))
+                  .values(status=QueryStatus.RUNNING, worker=token, updated_at=now))
         rows = {r.id: r for r in s.scalars(
             select(QueryRow).where(QueryRow.id.in_(list(ids)), QueryRow.worker == token,
-                                   QueryRow.status == "running"))}
+                                   QueryRow.status == QueryStatus.RUNNING))}
         for r in rows.values():
             if r.started_at is None or math.isnan(r.started_at):
                 r.started_at = now
@@ -107,11 +113,11 @@ def release(engine: Engine, ids: Iterable[str], now: float, token: str | None = 
     only rows that batch still holds."""
     ids = list(ids)
     if ids:
-        q = update(QueryRow).where(QueryRow.id.in_(ids), QueryRow.status == "running")
+        q = update(QueryRow).where(QueryRow.id.in_(ids), QueryRow.status == QueryStatus.RUNNING)
         if token is not None:
             q = q.where(QueryRow.worker == token)
         with transaction(engine) as s:
-            s.execute(q.values(status="queued", updated_at=now)
+            s.execute(q.values(status=QueryStatus.QUEUED, updated_at=now)
                       .execution_options(synchronize_session=False))
 
 
@@ -141,7 +147,8 @@ def renew(engine: Engine, token: str, now: float) -> int:
     """Renew the lease of the rows the batch ``token`` holds (returns how many)."""
     with transaction(engine) as s:
         return int(s.execute(update(QueryRow)
-                             .where(QueryRow.status == "running", QueryRow.worker == token)
+                             .where(QueryRow.status == QueryStatus.RUNNING,
+                                    QueryRow.worker == token)
                              .values(updated_at=now)
                              .execution_options(synchronize_session=False)).rowcount or 0)
 
@@ -166,7 +173,7 @@ def stale(engine: Engine, before: float, limit: int = 500,
     ``lease_before``, running rows are held to ``before`` too."""
     lease_before = before if lease_before is None else lease_before
     cond = or_(and_(QueryRow.status.in_(WAITING), QueryRow.updated_at < before),
-               and_(QueryRow.status == "running", QueryRow.updated_at < lease_before))
+               and_(QueryRow.status == QueryStatus.RUNNING, QueryRow.updated_at < lease_before))
     with transaction(engine) as s:
         return list(s.scalars(select(QueryRow).where(cond)
                               .order_by(QueryRow.updated_at).limit(limit)))

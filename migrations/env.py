@@ -1,4 +1,4 @@
-"""Alembic environment: target metadata is ``hadis_celery.models.Base.metadata``.
+"""Alembic environment: target metadata is ``hadis_celery.tables.Base.metadata``.
 
 URL, first found: a connection handed over by ``hadis_celery.db.upgrade`` (so a caller's
 engine, search_path included, is used as is), ``-x url=...``, ``sqlalchemy.url`` of the
@@ -12,8 +12,8 @@ from logging.config import fileConfig
 from alembic import context
 
 from hadis_celery.db import make_engine
-from hadis_celery.models import Base
 from hadis_celery.settings import settings
+from hadis_celery.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:

@@ -15,6 +15,7 @@ of the measured FIDs of the parts: an approximation, since FID is not linear in 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from planner.plan import (
     routed_load,
     utilisation,
 )
-from planner.plus import HadisPlusPlanner
+from planner.plus import HadisPlusPlanner, hadis_plus_fa
 
 RATIO_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 # DiffServe's light model is a distilled few-step model: at least this many times faster
@@ -297,7 +298,12 @@ class RandomScoresPlanner(_TablePlanner):
 
 class _CachePlanner:
     """Shared machinery of the plan caches: key the state, solve a representative state
-    once per key with the inner planner, serve the stored plan afterwards."""
+    once per key with the inner planner, serve the stored plan afterwards.
+
+    ``self.cache`` is a memo of solves (a pure function of its key), not state: what a
+    representative depends on beyond the key (Cache-D+Q: the arrival rates seen when the
+    entry was filled) is kept in ``Plan.memory`` (``filled``: memory key -> those rates),
+    so a rebuilt cache (a restarted beat) re-solves the same representatives."""
 
     name = "cache"
 
@@ -316,17 +322,31 @@ class _CachePlanner:
     def key(self, state: PlannerState) -> tuple:
         return (self._bucket(state.demand), state.workers, state.slo_s, id(state.table))
 
-    def representative(self, state: PlannerState) -> PlannerState:
+    def fill(self, state: PlannerState) -> dict[str, float]:
+        """What the representative of ``state`` takes from it beyond the key (JSON)."""
+        return {}
+
+    def representative(self, state: PlannerState, fill: dict[str, float]) -> PlannerState:
         raise NotImplementedError
 
     def plan(self, state: PlannerState) -> Plan:
         t0 = time.perf_counter()
+        prev = state.previous
+        filled = dict(state.memory.get("filled", {})
+                      if prev is not None and prev.planner == self.name else {})
         key = self.key(state)
-        plan = self.cache.get(key)
+        mkey = json.dumps([k for i, k in enumerate(key) if i != 3])  # no table identity
+        fill = filled.get(mkey)
+        if fill is None:
+            fill = self.fill(state)
+            if fill:
+                filled[mkey] = fill
+        memo = (key, tuple(sorted(fill.items())))
+        plan = self.cache.get(memo)
         if plan is None:
             self.misses += 1
-            plan = self.inner.plan(self.representative(state))
-            self.cache[key] = plan
+            plan = self.inner.plan(self.representative(state, fill))
+            self.cache[memo] = plan
             solver, note = plan.solver, "cache miss: solved for the range's upper edge"
         else:
             self.hits += 1
@@ -339,7 +359,8 @@ class _CachePlanner:
             utilisation=utilisation(state, plan.config, plan.workers, plan.batch, served),
             path_latency_s=path_latencies(state, plan.config, plan.batch,
                                           ignore_queues=plan.backlog_ignored),
-            solver=solver, solve_ms=(time.perf_counter() - t0) * 1e3, note=note)
+            solver=solver, solve_ms=(time.perf_counter() - t0) * 1e3, note=note,
+            memory={"filled": filled} if filled else {})
 
 
 class CacheDPlanner(_CachePlanner):
@@ -354,7 +375,7 @@ class CacheDPlanner(_CachePlanner):
     def __init__(self, inner: HadisPlanner | None = None, demand_step: float = 1.0) -> None:
         super().__init__(inner, demand_step)
 
-    def representative(self, state: PlannerState) -> PlannerState:
+    def representative(self, state: PlannerState, fill: dict[str, float]) -> PlannerState:
         upper = (self._bucket(state.demand) + 1) * self.demand_step
         return replace(state, demand=upper, queues={}, previous=None)
 
@@ -363,7 +384,7 @@ class CacheDQPlanner(_CachePlanner):
     """Ablation "Cache-D+Q" (HADIS paper): plans cached per demand range and per range of
     every queue's length (``queue_step`` wide). The stored plan is solved for the upper
     edge of both (demand, and each queue's length with the arrival rate seen when the
-    entry was filled)."""
+    entry was filled: kept in ``Plan.memory``)."""
 
     name = "cache-d+q"
 
@@ -381,10 +402,13 @@ class CacheDQPlanner(_CachePlanner):
     def key(self, state: PlannerState) -> tuple:
         return super().key(state) + (self._qkey(state),)
 
-    def representative(self, state: PlannerState) -> PlannerState:
+    def fill(self, state: PlannerState) -> dict[str, float]:
+        return {q: s.arrival_rate for q, s in sorted(state.queues.items()) if s.length > 0}
+
+    def representative(self, state: PlannerState, fill: dict[str, float]) -> PlannerState:
         upper = (self._bucket(state.demand) + 1) * self.demand_step
         queues = {q: QueueState((s.length // self.queue_step + 1) * self.queue_step,
-                                s.arrival_rate)
+                                float(fill.get(q, s.arrival_rate)))
                   for q, s in state.queues.items() if s.length > 0}
         return replace(state, demand=upper, queues=queues, previous=None)
 
@@ -401,6 +425,7 @@ PLANNERS: dict[str, Callable[..., object]] = {
     "cache-d": CacheDPlanner,
     "cache-d+q": CacheDQPlanner,
     "hadis-plus": HadisPlusPlanner,
+    "hadis-plus-fa": hadis_plus_fa,
 }
 
 

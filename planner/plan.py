@@ -1,7 +1,14 @@
 """Planner contracts: what a planner reads (``PlannerState``) and returns (``Plan``).
 
-Every planner (the HADIS MILP and each baseline) is a ``Planner``: ``plan(state) -> Plan``.
-The simulator and the live beat task drive the same objects. ``verify_plan`` re-checks a
+Every planner (the HADIS MILP and each baseline) is a ``Planner``: ``plan(state) -> Plan``,
+a function of its input alone. What a planner carries from one period to the next (the
+hysteresis's previous plan, a forecaster, a step detector, a cache's fill history) travels
+with the plan: ``Plan.memory`` is the planner's state after this period, a plain JSON value,
+and the next period hands it back as ``state.previous`` (``PlannerState.memory``). The
+caller keeps it (the live beat stores it in SQL with the plan, so a restarted beat resumes
+it; the simulator can restart its beat mid-trace), in the spirit of Ray Serve's autoscaling
+policy: the policy returns its state, the controller keeps it. The simulator and the live
+beat task drive the same objects. ``verify_plan`` re-checks a
 plan against the state from first principles (registry latencies, routed demand, Little's
 law), independently of any solver, so a plan that breaks capacity or the SLO is caught.
 
@@ -18,11 +25,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from planner.cascade import CascadeConfig
-from planner.registry import Registry
+from planner.registry import Registry, with_swap_s
 
 SAFETY = 1.2  # queueing-delay safety factor (the artifact's ``queue_safety_factor``)
 REL_TOL = 1e-6
@@ -109,8 +116,11 @@ class PlannerState:
             if not isinstance(qs, QueueState):
                 raise PlannerInputError(f"queue {q!r}: expected a QueueState, got {qs!r}")
 
-    def with_demand(self, demand: float) -> PlannerState:
-        return replace(self, demand=demand)
+    @property
+    def memory(self) -> Mapping[str, Any]:
+        """The state the planner returned last period (``previous.memory``; empty with no
+        previous plan). A planner reads it only when ``previous`` is its own plan."""
+        return {} if self.previous is None else self.previous.memory
 
 
 # -- shared latency and load arithmetic --------------------------------------------------
@@ -203,6 +213,7 @@ class Plan:
     solve_ms: float = 0.0
     routing: str = "score"
     note: str = ""
+    memory: Mapping[str, Any] = field(default_factory=dict)  # the planner's state (JSON)
 
     @property
     def pair(self) -> tuple[int, int]:
@@ -234,6 +245,7 @@ class Plan:
             "backlog_ignored": self.backlog_ignored,
             "path_latency_s": dict(self.path_latency_s), "solver": self.solver,
             "solve_ms": self.solve_ms, "routing": self.routing, "note": self.note,
+            "memory": dict(self.memory),
         }
 
     @classmethod
@@ -252,12 +264,51 @@ class Plan:
             path_latency_s={str(k): float(v) for k, v in dict(d.get("path_latency_s", {})).items()},
             solver=str(d.get("solver", "")), solve_ms=float(d.get("solve_ms", 0.0)),
             routing=str(d.get("routing", "score")), note=str(d.get("note", "")),
+            memory=dict(d.get("memory") or {}),
         )
+
+
+def state_inputs(state: PlannerState) -> dict[str, Any]:
+    """What a planner was given, as JSON: everything of ``state`` but the table, the
+    registry's static part and the previous plan itself (the caller records which plan that
+    was). The registry's swap times are kept (measured ones change while a run goes on).
+    ``state_from_inputs`` rebuilds the state, so a recorded run can be planned again."""
+    return {
+        "demand": state.demand, "workers": state.workers, "slo_s": state.slo_s,
+        "queues": {q: [qs.length, qs.arrival_rate] for q, qs in sorted(state.queues.items())},
+        "swap_s": {m.name: m.swap_s for m in state.registry if m.swap_s is not None},
+        "memory": dict(state.memory),
+    }
+
+
+def state_from_inputs(inputs: Mapping[str, Any], table: Sequence[CascadeConfig],
+                      registry: Registry, previous: Plan | None) -> PlannerState:
+    """The ``PlannerState`` that ``state_inputs`` recorded, over ``table`` and ``registry``
+    (the registry gets the recorded swap times). Raises ``PlannerInputError`` on a record
+    that does not fit them (a queue no model has, a malformed entry)."""
+    try:
+        queues = {str(q): QueueState(int(v[0]), float(v[1]))
+                  for q, v in dict(inputs.get("queues") or {}).items()}
+        swap = {str(k): float(v) for k, v in dict(inputs.get("swap_s") or {}).items()}
+        return PlannerState(demand=float(inputs["demand"]), workers=int(inputs["workers"]),
+                            slo_s=float(inputs["slo_s"]), table=table,
+                            registry=with_swap_s(registry, swap), queues=queues,
+                            previous=previous)
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        if isinstance(exc, PlannerInputError):
+            raise
+        raise PlannerInputError(f"malformed planner inputs ({exc!r})") from None
 
 
 @runtime_checkable
 class Planner(Protocol):
-    """Anything that turns a ``PlannerState`` into a ``Plan`` (HADIS and every baseline)."""
+    """Anything that turns a ``PlannerState`` into a ``Plan`` (HADIS and every baseline).
+
+    The one declaration (the simulator and the beat use it). ``plan`` must depend on its
+    input only: state it needs next period goes into ``Plan.memory`` (JSON: dicts, lists,
+    strings, finite numbers, None) and comes back as ``state.memory``, so a planner object
+    rebuilt from scratch (a restarted beat) given the same state decides the same.
+    """
 
     name: str
 

@@ -43,6 +43,11 @@ in ``PlusOptions``, measured in ``docs/plus.md``; ``python -m bench.plus`` print
   a configuration that is predicted to drop up to this share of the next SLO's work
   (``predicted_shed``) when it has a better FID. It buys FID of the served images by
   serving fewer queries; measured, not used (``docs/plus.md``).
+- ``overload_loss`` / ``overload_tolerance`` (off / 0; on / 0.01 in ``hadis-plus-fa``):
+  the overload fallback ranks candidates by ``predicted_loss`` (every role's lost work plus
+  a backlog stranded on a role the row does not serve) and takes the best FID within the
+  tolerance of the least, instead of the least-covered role's cover, which strands heavy
+  backlogs under all-light rows (``docs/plus.md``).
 
 The problem is small (a Pareto table of ~200 rows, 5 batch sizes, 16 workers), so it is
 solved exactly by enumerating every (row, batch sizes, worker split) in numpy: no solver,
@@ -103,6 +108,10 @@ class PlusOptions:
     #                           excess rate (the EWMA's time constant: half-life / ln 2)
     max_utilisation: float = 1.0  # capacity covers demand / this (as HADIS)
     violation_budget: float = 0.0  # may plan to shed up to this share of demand + backlog
+    overload_loss: bool = False  # overload: rank by the predicted lost queries over all roles,
+    #                             stranded backlog included (off: the least-covered role)
+    overload_tolerance: float = 0.0  # overload: best FID among candidates losing at most
+    #                                  this share of the next SLO's work more than the least
     wait_safety: float = SAFETY  # multiplies the fluid wait (queueing noise, partial batches)
     swap_delay_s: float = 10.0  # seconds a worker is unavailable after changing model
     min_fid_gain: float = 0.2  # hysteresis, as HADIS
@@ -438,6 +447,27 @@ def predicted_shed(cand: Candidates, ev: Evaluation, demand: float, slo_s: float
     return share.max(axis=1)
 
 
+def predicted_loss(cand: Candidates, ev: Evaluation, state: PlannerState, demand: float
+                   ) -> np.ndarray:
+    """Per candidate: the share of the next SLO's work (arrivals plus every role's backlog)
+    it will lose. Per role, as ``predicted_shed``: arrivals beyond capacity and the backlog
+    the workers cannot start before its deadlines; summed over the roles (a query lost on
+    either is lost), plus the backlog left on a role the row does not serve, which no worker
+    takes (measured: up to 500 such drops a run when the overload fallback ranked candidates
+    by the least-covered role alone, which favours all-light rows that strand it)."""
+    used = cand.role >= 0
+    mu = cand.workers * cand.thr
+    lam = demand * cand.load
+    T = state.slo_s
+    lost = np.where(used, np.maximum(lam - mu, 0.0) * T
+                    + np.maximum(ev.backlog - mu * np.maximum(T - cand.lat, 0.0), 0.0), 0.0)
+    bl, bh = role_backlog(state)
+    work = demand * T + bl + bh
+    if work <= 0:
+        return np.zeros(len(cand.row))
+    return np.minimum((lost.sum(axis=1) + ev.stranded) / work, 1.0)
+
+
 def _lexmin(keys: Sequence[np.ndarray], mask: np.ndarray) -> int:
     """Index of the lexicographically smallest key tuple among ``mask`` (first key first)."""
     idx = np.flatnonzero(mask)
@@ -450,9 +480,12 @@ def _lexmin(keys: Sequence[np.ndarray], mask: np.ndarray) -> int:
 class HadisPlusPlanner:
     """HADIS's problem with large batches, backlog drain and swap cost (module doc).
 
-    Keeps state across calls: the forecaster and the step detector (both reset whenever
-    the previous plan is not its own, e.g. a one-shot ``hadis plan``, which then plans for
-    ``state.demand``). ``solver`` is accepted for interface parity and unused.
+    Carries state across periods in ``Plan.memory`` (``state.memory`` next period, see
+    ``planner.plan``): the forecaster's level and trend and the step detector's rise, both
+    reset whenever the previous plan is not its own (e.g. a one-shot ``hadis plan``, which
+    then plans for ``state.demand``). The object itself keeps nothing between calls, so a
+    restarted beat that rebuilds it decides the same. ``solver`` is accepted for interface
+    parity and unused.
     """
 
     name = "hadis-plus"
@@ -463,58 +496,68 @@ class HadisPlusPlanner:
         if name is not None:
             self.name = name
         self.routing = routing
-        self.forecaster = HoltForecast(self.options.alpha, self.options.beta)
-        self.rise: tuple[float, int] | None = None  # step detector: sum and count of the
-        #                                             rates measured since a rise began
-        self.step_level = 0.0  # their mean while a rise is on (0: none)
 
     # demand ------------------------------------------------------------------------------
+    def memory_in(self, state: PlannerState) -> dict:
+        """The state this planner left last period (empty unless the previous plan is its
+        own): ``holt`` [level or None, trend] and ``rise`` [sum, count] of the rates
+        measured since a rise began (None: no rise)."""
+        prev = state.previous
+        if prev is None or prev.planner != self.name:
+            return {}
+        return dict(state.memory)
+
     def demand(self, state: PlannerState) -> float:
         """The rate to plan for: the EWMA (default), the larger of it and last period's
         measured rate (``follow_rises``), or the Holt forecast (``forecast``; the EWMA when
-        there is no measurement yet). Also updates the step detector (``step_level``)."""
+        there is no measurement yet)."""
+        return self.demand_step(state)[0]
+
+    def demand_step(self, state: PlannerState) -> tuple[float, float, dict]:
+        """(the rate to plan for (``demand``), the level of a sharp rise in progress
+        (0: none), the memory to hand on)."""
+        memory = self.memory_in(state)
         rate = observed_rate(state)
-        self.step_level = 0.0
         if not self.options.forecast:
             if self.options.follow_rises and rate is not None:
-                return max(state.demand, rate)
+                return max(state.demand, rate), 0.0, memory
+            level = 0.0
             if self.options.step_z > 0 and rate is not None:
-                self.step_level = self._detect_step(state, rate)
-            return state.demand
-        prev = state.previous
-        if prev is None or prev.planner != self.name:
-            self.forecaster.reset()
+                rise = self._detect_step(state, rate, memory.get("rise"))
+                memory["rise"] = None if rise is None else list(rise)
+                level = rise[0] / rise[1] if rise else 0.0
+            return state.demand, level, memory
+        forecaster = HoltForecast(self.options.alpha, self.options.beta)
+        forecaster.level, forecaster.trend = memory.get("holt") or (None, 0.0)
         if rate is None:
-            return state.demand
-        if self.forecaster.level is None:
-            self.forecaster.level = state.demand  # seed with the EWMA, then follow the data
-        return self.forecaster.observe(rate)
+            return state.demand, 0.0, memory
+        if forecaster.level is None:
+            forecaster.level = state.demand  # seed with the EWMA, then follow the data
+        lam = forecaster.observe(rate)
+        memory["holt"] = [forecaster.level, forecaster.trend]
+        return lam, 0.0, memory
 
-    def _detect_step(self, state: PlannerState, rate: float) -> float:
-        """The level of a sharp rise in progress (0: none). A rise starts when the measured
-        rate beats the EWMA by ``step_z`` Poisson deviations and lasts until the rate falls
-        to the EWMA; its level is the mean rate measured since it started (the last
-        period alone is noisy; the EWMA lags a step by ``ewma_lag_s`` of its excess)."""
-        prev = state.previous
-        if prev is None or prev.planner != self.name:
-            self.rise = None
+    def _detect_step(self, state: PlannerState, rate: float,
+                     rise: Sequence[float] | None) -> tuple[float, int] | None:
+        """The rise in progress after this period (sum and count of its rates; None: no
+        rise). A rise starts when the measured rate beats the EWMA by ``step_z`` Poisson
+        deviations and lasts until the rate falls to the EWMA; its level is the mean rate
+        measured since it started (the last period alone is noisy; the EWMA lags a step by
+        ``ewma_lag_s`` of its excess)."""
         if is_step(rate, state.demand, self.options.step_z, self.options.rate_window_s):
-            total, n = self.rise or (0.0, 0)
-            self.rise = (total + rate, n + 1)
-        elif self.rise is not None and rate > state.demand:
-            self.rise = (self.rise[0] + rate, self.rise[1] + 1)
-        else:
-            self.rise = None
-        return self.rise[0] / self.rise[1] if self.rise else 0.0
+            total, n = rise or (0.0, 0)
+            return (total + rate, int(n) + 1)
+        if rise is not None and rate > state.demand:
+            return (rise[0] + rate, int(rise[1]) + 1)
+        return None
 
     # the plan ----------------------------------------------------------------------------
     def plan(self, state: PlannerState) -> Plan:
         t0 = time.perf_counter()
-        lam = self.demand(state)
+        lam, level, memory = self.demand_step(state)
         cand = candidates(state.table, state.registry, state.workers, state.slo_s)
         ev = evaluate(cand, state, lam, self.options)
         best, served, backlog_ignored, note = self._choose(state, cand, ev, lam)
-        level = self.step_level
         if level > lam and not self._absorbs(state, cand, ev, best, level - lam):
             ewma, lam = lam, level  # the queues cannot absorb the EWMA's lag: plan for the step
             ev = evaluate(cand, state, lam, self.options)
@@ -522,7 +565,7 @@ class HadisPlusPlanner:
             note = "; ".join(x for x in (f"step: planned for the measured {level:.3g} q/s "
                                          f"(EWMA {ewma:.3g})", note) if x)
         plan = self._build(state, cand, ev, best, lam, served, backlog_ignored, note)
-        return replace(plan, solve_ms=(time.perf_counter() - t0) * 1e3)
+        return replace(plan, solve_ms=(time.perf_counter() - t0) * 1e3, memory=memory)
 
     def _feasible(self, cand: Candidates, ev: Evaluation, state: PlannerState) -> np.ndarray:
         """Candidates meeting every path's SLO, capacity and (with drain) not stranding."""
@@ -593,8 +636,14 @@ class HadisPlusPlanner:
         """
         phi, served_all = self._cover(state, cand, ev, lam)
         every = np.ones(len(cand.row), dtype=bool)  # service latency: see candidates()
-        best = _lexmin([-np.round(phi, 4), ev.stranded, np.round(cand.fid, 9), ev.swaps,
-                        ev.util.max(axis=1)], every)
+        if self.options.overload_loss and self.options.drain:
+            loss = predicted_loss(cand, ev, state, lam)
+            near = loss <= loss.min() + self.options.overload_tolerance + EPS
+            best = _lexmin([np.round(cand.fid, 9), np.round(loss, 4), ev.swaps,
+                            ev.util.max(axis=1)], near)
+        else:
+            best = _lexmin([-np.round(phi, 4), ev.stranded, np.round(cand.fid, 9), ev.swaps,
+                            ev.util.max(axis=1)], every)
         served = float(min(1.0, served_all[best])) if lam > 0 else 1.0
         backlog_ignored = not bool(lat_ok[best]) or bool(ev.stranded[best] > 0)
         note = (f"overload: serves {served:.1%} of {lam:g} q/s"
@@ -685,3 +734,17 @@ def plus_problems(plan: Plan, state: PlannerState, options: PlusOptions | None =
             problems.append(f"{PATH_NAMES[p]} path {total:.2f} s exceeds the SLO "
                             f"{state.slo_s:g} s")
     return problems
+
+
+def hadis_plus_fa(solver: str | None = None, **kw) -> HadisPlusPlanner:
+    """``hadis-plus-fa``: hadis-plus whose overload fallback is ``fid_all``-aware.
+
+    Ranked by the queries it predicts to lose over the next SLO (every role, a stranded
+    backlog included: ``predicted_loss``), it takes the best FID among candidates losing at
+    most 1 % of that work more than the least. Measured on issue 21's tuning traces it trades
+    about 7.6 FID points of ``fid_all`` per unit of violation ratio, close to the 7.75 of the
+    cheapest step on the bound's hull (``docs/plus.md``).
+    """
+    kw.setdefault("overload_loss", True)
+    kw.setdefault("overload_tolerance", 0.01)
+    return HadisPlusPlanner(solver, name="hadis-plus-fa", **kw)

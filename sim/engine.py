@@ -8,7 +8,10 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
   ``HardnessRouter``) and the recorded discriminator score of every model for that prompt.
 - Every ``period_s`` the planner is called with the state the live beat task sees: the
   demand estimate (EWMA of arrivals), the length and arrival rate of every queue, the
-  worker budget, the SLO, the table, the previous plan.
+  worker budget, the SLO, the table, the previous plan (with the planner's memory).
+- ``BeatRestart`` restarts the beat mid-trace: the planner object is rebuilt and resumes
+  from the stored state (previous plan, planner memory and EWMA through their JSON form,
+  as the live beat keeps them in SQL), or from nothing (a beat that forgot its state).
 - Routing at arrival follows the active plan: ``score`` routing sends the prompt heavy when
   its router score is above θ, ``random`` routing when a seeded uniform draw is above θ,
   ``none`` sends everything to the light queue, or everything to the heavy queue when the
@@ -29,6 +32,10 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
   workers move to a queue of the new plan that has workers
   (``policy.orphan_destination``: the same role's queue; a light query not generated yet
   may go heavy under an all-heavy plan, heavy work never goes light), or stay when none has.
+  An image is credited (for FID) to the pair of its arrival, or of the plan whose
+  discriminator rerouted it; one served by another model than that pair names for its path
+  (it moved with its queue) counts as that model's single-model image, so no policy gets a
+  model's FID for another model's GPU time (``sim.bound`` relies on it).
 - Every arrival ends exactly once: ``served`` (on time), ``late`` (served after its
   deadline) or ``dropped`` (predicted to miss it, or still queued when the run ends). Late
   and dropped are SLO violations.
@@ -43,6 +50,7 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
 from __future__ import annotations
 
 import heapq
+import json
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -53,7 +61,7 @@ import numpy as np
 
 from planner import policy
 from planner.cascade import CascadeConfig
-from planner.plan import Plan, PlannerInputError, PlannerState, QueueState
+from planner.plan import Plan, Planner, PlannerInputError, PlannerState, QueueState
 from planner.registry import Registry
 from sim.fid import FidSurface, fallback_model
 
@@ -61,10 +69,6 @@ SERVED, LATE, DROPPED = 0, 1, 2
 STATUS_NAMES = ("served", "late", "dropped")
 PATHS = ("light", "direct", "rerouted")
 _ARRIVAL, _DONE, _READY, _PLAN = 0, 1, 2, 3
-
-
-class Planner(Protocol):
-    def plan(self, state: PlannerState) -> Plan: ...
 
 
 class DemandEstimator(Protocol):
@@ -91,6 +95,32 @@ class Workload:
 
     def __len__(self) -> int:
         return len(self.arrival_s)
+
+
+@dataclass(frozen=True)
+class BeatRestart:
+    """Restart the beat before the first plan at or after each of ``at_s`` (seconds): the
+    planner object is dropped and ``rebuild()`` makes a new one. With ``keep_state`` it
+    resumes from the stored state: the previous plan (with its ``memory``) and the demand
+    estimator, each through its JSON form (what the live beat keeps in SQL). Without, it
+    starts from nothing: no previous plan, no memory (what a beat that kept its state in
+    process memory did); the EWMA, which the live beat keeps in Redis too, stays."""
+
+    at_s: tuple[float, ...]
+    rebuild: Callable[[], Planner]
+    keep_state: bool = True
+
+
+def _through_json(obj: object) -> object:
+    """A copy of a plain-data object rebuilt from the JSON of its attributes (a stored
+    demand estimator); ``obj`` itself when they are not plain data (the oracle's arrays)."""
+    try:
+        stored = json.dumps(vars(obj), allow_nan=False)
+    except (TypeError, ValueError):
+        return obj
+    copy = object.__new__(type(obj))
+    copy.__dict__.update(json.loads(stored))
+    return copy
 
 
 @dataclass(frozen=True)
@@ -212,6 +242,7 @@ class Simulation:
         settings: SimSettings = SimSettings(),
         theta_for: Callable[[float], float] | None = None,
         name: str = "",
+        restart: BeatRestart | None = None,
     ) -> None:
         self.w = workload
         self.registry = registry
@@ -222,6 +253,7 @@ class Simulation:
         self.s = settings
         self.theta_for = theta_for
         self.name = name or type(planner).__name__
+        self.restart = restart
         self.rng = np.random.default_rng(settings.seed)
         self._uniform = self.rng.random(len(workload))  # per-arrival draw for random routing
 
@@ -250,6 +282,8 @@ class Simulation:
         self.timeline: list[dict] = []
         self.solve_ms: list[float] = []
         self.plan: Plan | None = None
+        self.previous: Plan | None = None  # what the beat hands the planner as previous
+        self._restarts = sorted(self.restart.at_s) if self.restart else []
         self.pending = n
         self._arrivals_in_period = 0
         self._progress = progress
@@ -302,13 +336,45 @@ class Simulation:
         heapq.heappush(self.events, (t, self._seq, kind, a, b))
 
     # -- planning -------------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """The live sweeper's rule: work on a queue no worker consumes is dropped at its
+        deadline (else a stranded backlog would sit in the planner's queue lengths forever)."""
+        consumed = set(self.w_target) | set(self.w_queue)
+        for q, dq in self.queues.items():
+            if q in consumed or not dq:
+                continue
+            keep = deque(i for i in dq if self.deadline[i] > self.now)
+            for i in dq:
+                if self.deadline[i] <= self.now:
+                    self._end(i, DROPPED, reason=f"deadline passed on {q}, which no worker "
+                              "consumes")
+            self.queues[q] = keep
+
     def _queue_state(self) -> dict[str, QueueState]:
+        self._sweep()
         dt = self.s.period_s
         names = set(self.queues) | set(self.enqueued)
         return {q: QueueState(len(self.queues.get(q, ())), self.enqueued.get(q, 0) / dt)
                 for q in sorted(names)}
 
+    def _restart_beat(self) -> bool:
+        """Restart the beat when one is due (``BeatRestart``); True when it restarted."""
+        if not self._restarts or self.now < self._restarts[0] - 1e-9:
+            return False
+        while self._restarts and self._restarts[0] <= self.now + 1e-9:
+            self._restarts.pop(0)
+        assert self.restart is not None
+        self.planner = self.restart.rebuild()
+        if not self.restart.keep_state:
+            self.previous = None
+        elif self.previous is not None:
+            stored = json.dumps(self.previous.to_dict(), allow_nan=False)
+            self.previous = Plan.from_dict(json.loads(stored))
+            self.demand = _through_json(self.demand)  # type: ignore[assignment]
+        return True
+
     def _replan(self, initial: bool = False) -> None:
+        restarted = not initial and self._restart_beat()
         if initial:
             first = getattr(self.demand, "initial", None)
             demand = first() if callable(first) else self.s.initial_demand
@@ -317,7 +383,7 @@ class Simulation:
         observed = self._arrivals_in_period / self.s.period_s
         state = PlannerState(
             demand=float(demand), workers=self.s.workers, slo_s=self.s.slo_s, table=self.table,
-            registry=self.registry, queues=self._queue_state(), previous=self.plan,
+            registry=self.registry, queues=self._queue_state(), previous=self.previous,
         )
         try:
             plan = self.planner.plan(state)
@@ -329,6 +395,7 @@ class Simulation:
         self._arrivals_in_period = 0
         self.enqueued = {}
         self._apply(plan)
+        self.previous = self.plan
         c = plan.config
         self.timeline.append({
             "t": self.now, "observed_qps": observed, "demand_estimate": float(demand),
@@ -336,6 +403,7 @@ class Simulation:
             "disc_ratio": c.disc_ratio, "planned_fid": plan.fid, "overloaded": plan.overloaded,
             "workers": self._workers_by_model(plan),
             "queued": sum(len(d) for d in self.queues.values()),
+            **({"restart": True} if restarted else {}),
         })
 
     def _workers_by_model(self, plan: Plan) -> dict[str, int]:
@@ -349,8 +417,7 @@ class Simulation:
         self.plan = plan
         active = policy.ActivePlan.from_plan(plan, self.registry, theta_for=self.theta_for,
                                              now=self.now)
-        self.theta, self.light_q, self.heavy_q = (active.theta, active.light_queue,
-                                                  active.heavy_queue)
+        self.active = active  # the live view the per-query rules read, as in the stack
         target = {q: k for q, k in plan.workers.items() if k > 0}
         if sum(target.values()) > self.s.workers:
             raise ValueError(f"plan uses {sum(target.values())} workers, budget {self.s.workers}")
@@ -400,14 +467,10 @@ class Simulation:
         assert plan is not None
         c = plan.config
         self.pair_at[i] = (c.light, c.heavy)
-        heavy = policy.goes_heavy(c.light, c.heavy, plan.routing, c.router_ratio, self.theta,
-                                  float(self.w.router_score[i]), float(self._uniform[i]))
-        if heavy:
-            self.path[i] = PATHS.index("direct")
-            self._enqueue(i, self.heavy_q)
-        else:
-            self.path[i] = PATHS.index("light")
-            self._enqueue(i, self.light_q)
+        role, q = policy.route(self.active, float(self.w.router_score[i]),
+                               float(self._uniform[i]))  # the front door's rule
+        self.path[i] = PATHS.index("direct" if role == policy.HEAVY else "light")
+        self._enqueue(i, q)
 
     def _enqueue(self, i: int, q: str) -> None:
         self.queues.setdefault(q, deque()).append(i)
@@ -426,7 +489,7 @@ class Simulation:
             return
         spec = self.registry.by_queue(q)
         assert self.plan is not None
-        cap = max(1, min(self.plan.batch.get(spec.id, 1), spec.batch_sizes[-1]))
+        cap = self.active.batch_for(spec.id, max(spec.batch_sizes))  # the worker's cap
         extra = self.s.disc_s if q.startswith("light_") else 0.0
         choice = policy.take_batch(self.now, _QueuedDeadlines(dq, self.deadline), cap,
                                    lambda b: spec.batch_seconds(b) + extra)
@@ -448,13 +511,16 @@ class Simulation:
         assert q is not None and self.plan is not None
         spec = self.registry.by_queue(q)
         c = self.plan.config
-        discriminate = policy.judges(q, spec.id, c.light, c.heavy)
         for i in batch:
             score = float(self.w.quality[spec.id][i])
-            if discriminate and policy.rejects(score, c.tau):
+            if policy.verdict(self.active, q, spec.id, score) == policy.REROUTE:  # the worker's
                 self.path[i] = PATHS.index("rerouted")
-                self._enqueue(i, self.heavy_q)
+                self.pair_at[i] = (c.light, c.heavy)  # the pair that judged it
+                self._enqueue(i, self.active.heavy_queue)
             else:
+                credited = self.pair_at[i][0 if self.path[i] == 0 else 1]
+                if credited != spec.id:  # moved to another model: credit the one that ran
+                    self.pair_at[i] = (spec.id, spec.id)
                 self.model[i] = spec.id
                 self.quality[i] = score
                 self._end(i, SERVED if self.now <= self.deadline[i] + 1e-9 else LATE)

@@ -23,7 +23,7 @@ from sim.report import (
     timeseries_rows,
     write_csv,
 )
-from sim.scenario import TRACES, Scenario, default_scenario
+from sim.scenario import TRACES, Scenario
 from sim.trace import Trace, poisson_trace, read_trace
 from sim.workload import build_workload
 
@@ -264,12 +264,12 @@ EXPERIMENTS: dict[str, Callable[..., list[dict]]] = {
 }
 
 
-def run_experiment(name: str, out: Path, *, workers: int = 16, slo_s: float = 60.0,
-                   trace: str | None = None, seed: int = 0,
+def run_experiment(name: str, out: Path, sc: Scenario, *, trace: str | None = None,
                    progress: Progress | None = None) -> list[dict]:
+    """Experiment ``name`` on the scenario ``sc`` (the caller builds it: its workers, SLO
+    and seed; ``hadis_celery.scenario.default_scenario`` for the deployment's)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    sc = default_scenario(workers=workers, slo_s=slo_s, seed=seed)
     REFUSED.clear()
     kwargs: dict = {"progress": progress}
     if trace and name in ("e2e", "routing-ablation", "planner-ablation", "slo-sweep"):

@@ -32,10 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from planner.registry import Registry
+from planner.status import QueryStatus
 from sim.engine import DROPPED, LATE, PATHS, SERVED, STATUS_NAMES, SimResult, SimSettings
 from sim.fid import FidSurface
-
-FINAL = ("done", "dropped", "failed")
 
 
 @dataclass
@@ -85,9 +84,9 @@ def outcome(r: LiveRecord) -> tuple[int, str | None]:
         if r.http_status:
             return DROPPED, f"HTTP {r.http_status}: {r.error or 'refused'}"
         return DROPPED, f"no answer: {r.error or 'connection error'}"
-    if r.status == "done" and r.finished_at is not None and r.deadline is not None:
+    if r.status == QueryStatus.DONE and r.finished_at is not None and r.deadline is not None:
         return (SERVED if r.finished_at <= r.deadline + 1e-9 else LATE), None
-    if r.status in ("dropped", "failed"):
+    if r.status in (QueryStatus.DROPPED, QueryStatus.FAILED):
         return DROPPED, r.reason or r.status
     return DROPPED, f"still {r.status} when the replay stopped waiting"
 
@@ -244,7 +243,7 @@ def overheads(records: Sequence[LiveRecord], swap_wall_s: float | None = None) -
     rtt = [(r.responded_at - r.sent_at) * 1000 for r in records
            if r.sent_at is not None and r.responded_at is not None]
     batch = [(r.finished_at - r.started_at - r.model_s) * 1000 for r in records
-             if r.status == "done" and len(r.models) == 1 and None not in
+             if r.status == QueryStatus.DONE and len(r.models) == 1 and None not in
              (r.finished_at, r.started_at, r.model_s)]
     swapped = [] if not swap_wall_s else [b for b in batch if b >= 900.0 * swap_wall_s]
     if swapped:
@@ -323,11 +322,6 @@ def query_rows(records: Sequence[LiveRecord], time_scale: float) -> list[dict]:
                  latency_s=lat, latency_profile_s=None if lat is None else lat / time_scale)
         rows.append({k: ("" if v is None else v) for k, v in d.items()})
     return rows
-
-
-def read_query_csv(path: str | Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def write_report(out: str | Path, runs: Mapping[str, SimResult], records: Sequence[LiveRecord],

@@ -10,6 +10,11 @@ rows a global Pareto front would have dropped as duplicates), the shipped tuned
 router profile with the reference concreteness lexicon, a planning period of 5 s, an
 EWMA half-life of 10 s (the 347 s traces compress 347 hours: demand moves within
 seconds), and a 10 s swap delay (loading a large diffusion model's weights on a GPU).
+
+This module builds the scenario from plain values (``ScenarioSource``: a registry, folders
+and files); which deployment, settings and profile they come from is the shell's business
+(``hadis_celery.scenario.default_scenario`` resolves ``HADIS_DEPLOYMENT`` and calls
+``build_scenario``), so the simulator imports nothing of the serving stack.
 """
 
 from __future__ import annotations
@@ -18,10 +23,9 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from hadis_celery.settings import settings
 from planner.cascade import CascadeConfig
 from planner.pareto import pareto_front
-from planner.reference import read_prompts, reference_dir
+from planner.reference import read_prompts
 from planner.reference_table import load_reference_table, load_scores
 from planner.registry import Registry
 from planner.router import FeatureExtractor, HardnessRouter, RouterProfile
@@ -58,48 +62,48 @@ class Scenario:
         return _diffusiondb(self, seed)
 
 
+@dataclass(frozen=True)
+class ScenarioSource:
+    """What a scenario is built from, resolved by the caller (the shell reads them from the
+    deployment file and the settings)."""
+
+    name: str  # the deployment's, for messages
+    registry: Registry | None  # every model of the profile folder (ids as in its CSV)
+    planned: frozenset[int]  # the models the planners may use
+    profile_dir: Path | None  # config_results_hybrid.csv and scores_model_K.txt
+    prompts: Path | None  # the prompts the scores are of
+    router_profile: Path
+    lexicon: Path | None = None  # None: the reference folder's router/concreteness.csv
+
+
 @lru_cache(maxsize=2)
 def _router(profile_path: str, lexicon: str | None) -> HardnessRouter:
     return HardnessRouter(RouterProfile.load(profile_path), FeatureExtractor(lexicon))
 
 
-def default_scenario(ref: Path | None = None, *, workers: int = 16, slo_s: float = 60.0,
-                     seed: int = 0) -> Scenario:
-    """The simulated cluster of the deployment (traces and the DiffusionDB prompts come
-    from ``ref``, the reference folder)."""
-    ref = Path(ref) if ref else reference_dir()
-    s = settings()
-    return _scenario(str(ref), workers, slo_s, seed, s.deployment, s.backend, s.model_paths,
-                     str(s.router_profile))
-
-
-@lru_cache(maxsize=4)
-def _scenario(ref_s: str, workers: int, slo_s: float, seed: int, *_deployment_key: str
-              ) -> Scenario:
-    from hadis_celery.deployment import import_registry, load
-
-    ref = Path(ref_s)
-    s = settings()
-    dep = load(s.deployment or "sd35-replay")
-    if dep.profile_dir is None or dep.prompts is None:
-        raise ValueError(f"deployment {dep.name}: the simulator needs [table] profile_dir "
+def build_scenario(src: ScenarioSource, ref: Path, *, workers: int = 16,
+                   slo_s: float = 60.0, seed: int = 0) -> Scenario:
+    """The simulated cluster of ``src`` (traces and the DiffusionDB prompts come from
+    ``ref``, the reference folder)."""
+    ref = Path(ref)
+    if src.profile_dir is None or src.prompts is None or src.registry is None:
+        raise ValueError(f"deployment {src.name}: the simulator needs [table] profile_dir "
                          "(config_results_hybrid.csv, scores_model_K.txt) and prompts")
-    lexicon = dep.lexicon or ref / "router" / "concreteness.csv"
-    router = _router(str(s.router_profile), str(lexicon) if lexicon.is_file() else None)
-    prompts = read_prompts(dep.prompts)
-    full, _ = import_registry(dep.profile_dir, s)
-    planned = {m.id for m in dep.models if m.plan}
+    lexicon = src.lexicon or ref / "router" / "concreteness.csv"
+    router = _router(str(src.router_profile), str(lexicon) if lexicon.is_file() else None)
+    prompts = read_prompts(src.prompts)
+    full, planned = src.registry, src.planned
     registry = Registry(tuple(m for m in full if m.id in planned))
-    all_scores = load_scores(dep.profile_dir, len(prompts))
+    all_scores = load_scores(src.profile_dir, len(prompts))
     scores = {m: v for m, v in all_scores.items() if m in planned}
     imagenet = scored_set("imagenet", prompts, router, scores)
-    grid = [c for c in load_reference_table(dep.profile_dir, full, router.profile,
+    grid = [c for c in load_reference_table(src.profile_dir, full, router.profile,
                                             router_scores=imagenet.router_score,
                                             scores=all_scores)
             if c.light in planned and c.heavy in planned]
     if not grid:
-        raise ValueError(f"deployment {dep.name}: no profiled pair of two planned models in "
-                         f"{dep.profile_dir}")
+        raise ValueError(f"deployment {src.name}: no profiled pair of two planned models in "
+                         f"{src.profile_dir}")
     pareto = list(pareto_front(grid))
     sim = SimSettings(workers=workers, slo_s=slo_s, period_s=PERIOD_S,
                       swap_delay_s=SWAP_DELAY_S, seed=seed)

@@ -28,13 +28,6 @@ class Trace:
     def duration_s(self) -> float:
         return float(self.arrival_s[-1]) if len(self) else 0.0
 
-    def demand_per_second(self, bin_s: float = 1.0) -> np.ndarray:
-        if not len(self):
-            return np.zeros(0)
-        bins = np.arange(0.0, self.duration_s + bin_s, bin_s)
-        counts, _ = np.histogram(self.arrival_s, bins=bins)
-        return counts / bin_s
-
     def scaled(self, time_scale: float) -> Trace:
         """The same arrivals with times multiplied by ``time_scale``."""
         return Trace(self.arrival_s * time_scale, self.prompt_index, self.name, self.prompt_set)

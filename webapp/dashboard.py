@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from hadis_celery import store
 from hadis_celery.deployment import model_queues
 from hadis_celery.live import BEAT_KEY
-from hadis_celery.models import PlanRow, QueryRow
+from hadis_celery.tables import PlanRow, QueryRow
 from planner.cascade import CascadeConfig
 from planner.pareto import pareto_indices
 from planner.policy import ActivePlan

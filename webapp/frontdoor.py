@@ -9,7 +9,8 @@ Order of work for ``POST /v1/generations`` (SQL is the record, Redis the transpo
 3. route the prompt (``policy.route``: score vs θ of the active plan), stamp the deadline;
 4. write the query row (status ``queued``), one Core ``INSERT``;
 5. send the Celery message with the demand counters, one Redis round trip
-   (``webapp.publish``); if that fails the row is deleted and the client gets 503, so
+   (``webapp.publish``), through ``hadis_celery.transport.dispatch`` (row first, then
+   message); if that fails the row is deleted and the client gets 503, so
    nothing is half-written (and a row whose message is lost later is re-sent by the
    sweeper).
 """
@@ -22,25 +23,30 @@ import logging
 import math
 import numbers
 import random
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from celery import Celery
 from sqlalchemy import Engine
 
-from hadis_celery import store
+from hadis_celery import store, transport
 from hadis_celery.live import PLAN_KEY, STORAGE_KEY, LiveState
 from hadis_celery.logs import event
-from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.settings import Settings
+from hadis_celery.tables import PlanRow, QueryRow
+from hadis_celery.transport import GenerateMessage
 from planner import policy
 from planner.policy import ActivePlan
 from planner.registry import Registry
 from planner.router import validate_prompt
+from planner.status import QueryStatus
 
 FIELDS = ("prompt", "slo_s", "seed")
 SEED_MAX = 2**31 - 1  # a signed 32-bit integer column
 RETRY_AFTER_S = 5
+BATCH_MAX = 32  # requests one leader accepts together; the rest wait for the next batch
 log = logging.getLogger(__name__)
 
 
@@ -98,6 +104,33 @@ def parse_request(body: object, max_slo_s: float) -> GenerationRequest:
     return GenerationRequest(prompt=text, slo_s=slo, seed=seed)
 
 
+@dataclass(eq=False)
+class Submission:
+    """One request waiting in (or led through) the front door's micro-batch, and its
+    outcome: ``row`` and ``added`` (seconds from ``received_at`` to its message sent), or
+    ``error``; ``done`` once either is set."""
+
+    req: GenerationRequest
+    client: str
+    received_at: float
+    via: str = "api"
+    owner: str | None = None
+    pin: Callable[[ActivePlan], tuple[str, str]] | None = None
+    values: dict = field(default_factory=dict)
+    score: float = math.nan
+    plan: ActivePlan | None = None
+    row: QueryRow | None = None
+    added: float = 0.0
+    error: BaseException | None = None
+    done: bool = False
+
+    def succeed(self, row: QueryRow, added: float) -> None:
+        self.row, self.added, self.done = row, added, True
+
+    def fail(self, exc: BaseException) -> None:
+        self.error, self.done = exc, True
+
+
 def _draw(query_id: str) -> float:
     """A uniform number fixed by the query id (``random`` routing)."""
     h = hashlib.blake2b(query_id.encode(), digest_size=8).digest()
@@ -123,6 +156,12 @@ class FrontDoor:
         self._insert = QueryRow.__table__.insert()
         self._plan_raw: bytes | None = None
         self._plan: ActivePlan | None = None
+        self._lead = threading.Condition()  # the micro-batch: who leads, who waits
+        self._waiting: list[Submission] = []
+        self._leading = False
+        self.batch_max = BATCH_MAX
+        self.batches = 0  # batches led by ``submit`` and the requests in them (mean batch)
+        self.batched = 0
 
     def state(self) -> tuple[ActivePlan | None, bool]:
         """The active plan and whether the image store is faulted: one round trip; the
@@ -138,17 +177,93 @@ class FrontDoor:
         return self._plan, bool(fault)
 
     def submit(self, req: GenerationRequest, client: str, received_at: float,
-               via: str = "api", owner: str | None = None) -> tuple[QueryRow, float]:
+               via: str = "api", owner: str | None = None,
+               pin: Callable[[ActivePlan], tuple[str, str]] | None = None
+               ) -> tuple[QueryRow, float]:
         """Accept one request: returns the row and seconds from ``received_at`` to the
-        message being sent, and logs ``query.accepted`` (``via``: api or form). ``owner``:
-        the id of the API key that made it (``webapp.auth``), None without keys. Raises
-        ``ApiError`` (503) or a Redis/SQL error; the caller logs the refusal."""
-        from workers.serving import send_generate
+        message being sent, and logs ``query.accepted`` (``via``: api, form or openai).
+        ``owner``: the id of the API key that made it (``webapp.auth``), None without keys.
+        ``pin``: ``(role, queue)`` under the plan instead of ``policy.route`` (a request
+        that names a model; it raises ``ApiError`` when the plan cannot serve it). Raises
+        ``ApiError`` (503) or a Redis/SQL error; the caller logs the refusal.
 
+        Requests that arrive together are accepted together (``accept``: one router batch,
+        one plan read, one multi-row ``INSERT``, one Redis pipeline): the first thread in
+        leads and takes every request already waiting; the others wait for their outcome.
+        A lone request never waits for company."""
+        item = Submission(req, client[:128], received_at, via, owner, pin)
+        with self._lead:
+            self._waiting.append(item)
+        while True:
+            with self._lead:
+                while not item.done and self._leading:
+                    self._lead.wait()
+                if item.done:
+                    break
+                self._leading = True
+                batch = self._waiting[:self.batch_max]
+                del self._waiting[:self.batch_max]
+                self.batches += 1
+                self.batched += len(batch)
+            # The whole batch under the lead: its SQL and Redis waits are when the next
+            # batch gathers. (Releasing the lead after the router score, to overlap those
+            # waits with the next batch's score, was slower: smaller batches, and a thread
+            # back from a wait queues for the GIL behind the scoring one.)
+            try:
+                self.accept(batch)
+            finally:
+                with self._lead:
+                    self._leading = False
+                    self._lead.notify_all()
+        if item.error is not None:
+            raise item.error
+        row, plan = item.row, item.plan
+        assert row is not None and plan is not None
+        if log.isEnabledFor(logging.INFO):
+            event(log, "query.accepted", query_id=row.id, route=row.route, queue=row.queue,
+                  hardness=_num(round(item.score, 6)), theta=_num(plan.theta),
+                  tau=_num(row.tau), plan_id=row.plan_id, slo_s=row.slo_s, client=item.client,
+                  via=via, added_ms=round(item.added * 1000, 3))
+        return row, item.added
+
+    def _scores(self, batch: Sequence[Submission]) -> list[float | BaseException]:
+        """Each request's router score, or its own error (400 for a prompt the router
+        refuses): one ``score_many`` batch when several wait, else ``score``."""
+        many = getattr(self.router, "score_many", None)
+        if len(batch) > 1 and many is not None:
+            try:
+                return [float(x) for x in many([b.req.prompt for b in batch])]
+            except Exception:  # scored one by one below: each request gets its own error
+                pass
+        out: list[float | BaseException] = []
+        for b in batch:
+            try:
+                out.append(float(self.router.score(b.req.prompt)))
+            except ValueError as exc:
+                out.append(ApiError(400, "invalid_prompt", str(exc)))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def accept(self, batch: Sequence[Submission],
+               scores: Sequence[float | BaseException] | None = None) -> None:
+        """Accept ``batch`` together and set each one's outcome (``row``/``added`` or
+        ``error``, then ``done``); never raises an ``Exception``. ``scores``: the router's,
+        when the caller scored the batch already (``_scores``). The rules are one
+        request's: the row is written first, then its message; a message that cannot be
+        sent deletes its row (``transport.dispatch_many``), so a refused request leaves
+        nothing behind."""
         try:
-            score = float(self.router.score(req.prompt))
-        except ValueError as exc:
-            raise ApiError(400, "invalid_prompt", str(exc)) from None
+            self._accept(batch, self._scores(batch) if scores is None else scores)
+        except BaseException as exc:  # e.g. SQL down: every request not yet answered
+            for b in batch:
+                if not b.done:
+                    b.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _accept(self, batch: Sequence[Submission],
+                scores: Sequence[float | BaseException]) -> None:
         plan, faulted = self.state()
         if plan is None:
             raise ApiError(503, "no_plan", "no plan is active yet (is the beat running?)",
@@ -157,36 +272,72 @@ class FrontDoor:
             raise ApiError(503, "storage_unavailable", "the image store is full or cannot be "
                            "written; nothing was recorded, retry later",
                            retry_after=RETRY_AFTER_S)
-        qid = store.new_query_id()
-        role, queue = policy.route(plan, score, _draw(qid))
-        slo = req.slo_s if req.slo_s is not None else self.s.slo_s
         now = time.time()
-        values = dict(
-            id=qid, client=client[:128], owner=owner, prompt=req.prompt,
-            seed=req.seed if req.seed is not None else random.randrange(SEED_MAX),
-            slo_s=slo, status="queued", queue=queue, route=role, hardness=score,
-            theta=plan.theta, tau=plan.tau if role == policy.LIGHT else None,
-            plan_id=plan.plan_id or None, models=[], attempts=1, received_at=received_at,
-            deadline=received_at + slo, model_s=0.0, updated_at=now)
-        with self.engine.begin() as conn:
-            conn.execute(self._insert, values)
-        try:
-            self.publisher.send(qid, queue, 1, time.time(),
-                                lambda: send_generate(self.celery, qid, queue, 1))
-        except Exception:
+        todo: list[Submission] = []
+        for b, score in zip(batch, scores, strict=True):
+            if isinstance(score, BaseException):
+                b.fail(score)
+                continue
+            qid = store.new_query_id()
             try:
-                store.delete_query(self.engine, qid)
-            except Exception:  # SQL went too: the sweeper will send it
-                pass
-            raise
-        added = time.time() - received_at
-        row = QueryRow(**values)
-        if log.isEnabledFor(logging.INFO):
-            event(log, "query.accepted", query_id=qid, route=role, queue=queue,
-                  hardness=_num(round(score, 6)), theta=_num(plan.theta), tau=_num(row.tau),
-                  plan_id=row.plan_id, slo_s=slo, client=client[:128], via=via,
-                  added_ms=round(added * 1000, 3))
-        return row, added
+                role, queue = policy.route(plan, score, _draw(qid)) if b.pin is None \
+                    else b.pin(plan)
+            except Exception as exc:
+                b.fail(exc)
+                continue
+            req = b.req
+            slo = req.slo_s if req.slo_s is not None else self.s.slo_s
+            b.score, b.plan = score, plan
+            b.values = dict(
+                id=qid, client=b.client, owner=b.owner, prompt=req.prompt,
+                seed=req.seed if req.seed is not None else random.randrange(SEED_MAX),
+                slo_s=slo, status=QueryStatus.QUEUED, queue=queue, route=role,
+                hardness=score, theta=plan.theta,
+                tau=plan.tau if role == policy.LIGHT else None,
+                plan_id=plan.plan_id or None, models=[], attempts=1,
+                received_at=b.received_at, deadline=b.received_at + slo, model_s=0.0,
+                updated_at=now)
+            todo.append(b)
+        if not todo:
+            return
+        by_id = {b.values["id"]: b for b in todo}
+
+        def insert() -> list[GenerateMessage]:
+            """One multi-row ``INSERT``; when it fails for several, one by one, so a row
+            SQL refuses fails its own request only."""
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(self._insert, [b.values for b in todo])
+                written = todo
+            except Exception:
+                if len(todo) == 1:
+                    raise
+                written = []
+                for b in todo:
+                    try:
+                        with self.engine.begin() as conn:
+                            conn.execute(self._insert, b.values)
+                        written.append(b)
+                    except Exception as exc:
+                        b.fail(exc)
+            sent_at = time.time()
+            return [GenerateMessage(b.values["id"], b.values["queue"], 1, sent_at)
+                    for b in written]
+
+        outcomes = transport.dispatch_many(
+            self.engine, insert, created=True,
+            send_many=lambda msgs: self.publisher.send_many(
+                msgs, lambda m: transport.publish(self.celery, m)))
+        sent = time.time()
+        for m, exc in outcomes:
+            b = by_id[m.query_id]
+            if exc is not None:
+                b.fail(exc)
+            else:
+                b.succeed(QueryRow(**b.values), sent - b.received_at)
+        for b in todo:  # (none is left open; a guard against a lost outcome)
+            if not b.done:
+                b.fail(RuntimeError("the request got no outcome"))
 
 
 def log_refused(status: int, code: str, message: str, client: str | None, path: str,
@@ -244,7 +395,7 @@ def describe(row: QueryRow, registry: Registry, base: str = "") -> dict:
         "latency_s": None if fin is None else round(fin - row.received_at, 6),
         "queued_s": None if start is None else round(start - row.received_at, 6),
     }
-    done = row.status == "done"
+    done = row.status == QueryStatus.DONE
     return {
         "id": row.id, "status": row.status, "route": row.route, "queue": row.queue,
         "models": [{"id": m, "name": name(m)} for m in (row.models or [])],

@@ -28,8 +28,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis.exceptions
-from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -40,9 +46,10 @@ from sqlalchemy import case, func, select
 
 from hadis_celery.deployment import model_queues
 from hadis_celery.live import BEAT_KEY, PREFIX
-from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.store import FINAL, OPEN
+from hadis_celery.tables import PlanRow, QueryRow
 from webapp.frontdoor import FrontDoor, model_name
+from webapp.parking import PARK_HEADER
 
 LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 TOTALS_KEY = PREFIX + "metrics:totals:"  # + a digest of the database URL: one per database
@@ -262,23 +269,40 @@ def _le(b: float) -> str:
     return repr(float(b))
 
 
-def register(app: Flask, door: FrontDoor) -> CollectorRegistry:
-    """Count requests and serve ``/metrics`` from a registry of this app's own."""
+bp = Blueprint("metrics", __name__)
+
+
+@bp.record_once
+def _setup(state) -> None:
+    """A registry of this app's own: its request counter and the stack collector over the
+    app's front door (``app.extensions["hadis"]``)."""
+    app = state.app
     reg = CollectorRegistry(auto_describe=False)
     requests = Counter("hadis_http_requests", "HTTP requests answered",
                        ["method", "endpoint", "code"], registry=reg)
-    reg.register(StackCollector(door))
-
-    @app.after_request
-    def _count(resp: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        requests.labels(request.method, endpoint, str(resp.status_code)).inc()
-        return resp
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        g.setdefault("t0", time.time())
-        return Response(generate_latest(reg), mimetype=CONTENT_TYPE_LATEST)
-
+    reg.register(StackCollector(app.extensions["hadis"]))
+    parked = Gauge("hadis_parked_requests", "requests waiting for their images on this "
+                   "process's event loop (webapp.parking)", ["kind"], registry=reg)
+    for kind in ("now", "peak"):  # the poller exists only under webapp.server.BufferedWorker
+        parked.labels(kind).set_function(
+            lambda k=kind: getattr(app.extensions.get("hadis_poller"),
+                                   "parked" if k == "now" else "peak", 0))
     app.extensions["hadis_metrics"] = reg
-    return reg
+    app.extensions["hadis_requests"] = requests
+
+
+@bp.after_app_request
+def _count(resp: Response) -> Response:
+    if PARK_HEADER in resp.headers:  # parked, not answered: counted when it is
+        return resp
+    endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    current_app.extensions["hadis_requests"].labels(
+        request.method, endpoint, str(resp.status_code)).inc()
+    return resp
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    g.setdefault("t0", time.time())
+    return Response(generate_latest(current_app.extensions["hadis_metrics"]),
+                    mimetype=CONTENT_TYPE_LATEST)

@@ -22,6 +22,17 @@ _TAU = {"type": ["number", "null"],
                        "see models and, for plans, disc_ratio)"}
 
 
+_OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": "string"}}}}}
+
+
+def _oai(desc: str) -> dict:
+    return {"description": desc, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
+
+
 def _err(desc: str) -> dict:
     return {"description": desc, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -107,6 +118,40 @@ def openapi_document() -> dict:
                         "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX}}},
                 "Generation": gen,
                 "Plan": plan,
+                "OpenAIError": _OPENAI_ERROR,
+                "ImagesRequest": {
+                    "type": "object", "additionalProperties": False, "required": ["prompt"],
+                    "description": "OpenAI's images request; seed and slo_s are ours",
+                    "properties": {
+                        "prompt": {"type": "string", "minLength": 1},
+                        "model": {"type": "string", "default": "hadis",
+                                  "description": "hadis (routed: the router and the plan "
+                                                 "choose) or a model of GET /v1/models, "
+                                                 "which pins it"},
+                        "n": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1,
+                              "description": "n images = n queries, seeds seed, seed+1, ..."},
+                        "size": {"type": "string", "description": "auto or the model's own "
+                                 "WxH (e.g. 1024x1024); the image has the serving model's"},
+                        "response_format": {"enum": ["b64_json", "url"],
+                                            "default": "b64_json"},
+                        "user": {"type": "string", "maxLength": 256,
+                                 "description": "accepted and ignored (the key is the client)"},
+                        "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
+                        "slo_s": {"type": "number", "exclusiveMinimum": 0,
+                                  "description": "latency SLO in seconds (as for "
+                                                 "/v1/generations); also how long the "
+                                                 "request waits, plus a 5 s grace"}}},
+                "ImagesResponse": {"type": "object", "properties": {
+                    "created": {"type": "integer"},
+                    "data": {"type": "array", "items": {"type": "object", "properties": {
+                        "b64_json": {"type": "string"}, "url": {"type": "string"}}}},
+                    "hadis": {"type": "array", "description": "per image: query id, seed, "
+                              "serving model", "items": {"type": "object"}}}},
+                "ModelList": {"type": "object", "properties": {
+                    "object": {"const": "list"},
+                    "data": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "string"}, "object": {"const": "model"},
+                        "created": {"type": "integer"}, "owned_by": {"type": "string"}}}}}},
             },
             "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header",
                                            "name": "X-API-Key"},
@@ -174,6 +219,39 @@ def openapi_document() -> dict:
                     "application/json": {"schema": {"type": "object", "properties": {
                         "models": {"type": "array", "items": {"type": "object"}}}}}}},
                               "401": _err("missing or wrong API key"), "503": busy}}},
+            "/v1/images/generations": {"post": {
+                "summary": "OpenAI-compatible: generate n images and wait for them",
+                "description": "Enqueued like POST /v1/generations (rate limit, keys, "
+                               "routing); answers when every image is ready, or with an "
+                               "error once the deadline has passed. Errors have OpenAI's "
+                               "shape; those after the queries were accepted carry "
+                               "x-should-retry: false.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ImagesRequest"}}}},
+                "responses": {
+                    "200": {"description": "the images", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/ImagesResponse"}}}},
+                    "400": _oai("bad input (param names the field)"),
+                    "401": _oai("missing or wrong API key"),
+                    "404": _oai("unknown model (model_not_found)"),
+                    "413": _oai("body too large"), "415": _oai("not application/json"),
+                    "429": _oai("rate limit exceeded"),
+                    "500": _oai("a generation failed (generation_failed)"),
+                    "503": _oai("no plan, Redis or SQL down, or the named model is not "
+                                "served by the active plan (model_not_served)"),
+                    "504": _oai("a query was dropped at its deadline, or not finished "
+                                "5 s past it (deadline_exceeded)")}}},
+            "/v1/models": {"get": {
+                "summary": "OpenAI-compatible: the routed alias hadis and the models",
+                "responses": {"200": {"description": "the models", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ModelList"}}}},
+                              "401": _oai("missing or wrong API key")}}},
+            "/v1/models/{model}": {"get": {
+                "summary": "OpenAI-compatible: one model",
+                "parameters": [{"name": "model", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the model"},
+                              "404": _oai("unknown model")}}},
             "/v1/health": {"get": {"summary": "Redis, SQL and plan status",
                                    "responses": {"200": {"description": "all up"},
                                                  "503": busy}}},

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 import redis.exceptions
 from flask import (
     Blueprint,
-    Flask,
     Response,
     abort,
     current_app,
@@ -43,7 +42,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from hadis_celery import store
 from hadis_celery.deployment import load_table
-from hadis_celery.models import QueryRow
+from hadis_celery.tables import QueryRow
 from planner.router.prompt import MAX_PROMPT_CHARS
 from webapp import auth
 from webapp import dashboard as dash
@@ -356,24 +355,27 @@ def dashboard_json():
     return resp
 
 
-def register(app: Flask) -> None:
-    """Add the pages, CSRF token helper, security headers and a session key to ``app``."""
+@bp.record_once
+def _setup(state) -> None:
+    """The CSRF token helper, display filters and a session key for the app."""
+    app = state.app
     app.secret_key = app.secret_key or os.environ.get("HADIS_SECRET_KEY") or \
         secrets.token_hex(32)
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.jinja_env.globals["signed_in"] = _signed_in
     app.jinja_env.filters["fmt"] = dash.fmt
     app.jinja_env.filters["seconds"] = seconds
-    app.register_blueprint(bp)
 
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        if request.path.startswith("/ui") and resp.mimetype == "text/html":
-            resp.headers.setdefault(
-                "Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
-                "script-src 'self'; style-src 'self'; object-src 'none'; frame-ancestors "
-                "'none'; form-action 'self'; base-uri 'none'")
-        return resp
+
+@bp.after_app_request
+def _headers(resp: Response) -> Response:
+    """A strict Content-Security-Policy on every ``/ui`` HTML page."""
+    if request.path.startswith("/ui") and resp.mimetype == "text/html":
+        resp.headers.setdefault(
+            "Content-Security-Policy", "default-src 'self'; img-src 'self' data:; "
+            "script-src 'self'; style-src 'self'; object-src 'none'; frame-ancestors "
+            "'none'; form-action 'self'; base-uri 'none'")
+    return resp
 
 
 def seconds(v: object) -> str:

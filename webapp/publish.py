@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 
 import redis
 from celery import Celery
 
-from hadis_celery.live import ARRIVALS_KEY, GENERATE_TASK, PREFIX, connect
+from hadis_celery.live import ARRIVALS_KEY, PREFIX, connect
+from hadis_celery.transport import GENERATE_TASK, GenerateMessage
 
 
 def _plain_redis(app: Celery) -> bool:
@@ -48,7 +51,7 @@ class Publisher:
     def message(self, query_id: str, queue: str, attempt: int, sent_at: float) -> bytes:
         """The JSON envelope kombu's Redis transport would push for ``send_task``."""
         task_id = str(uuid.uuid4())
-        args = [query_id, queue, attempt, sent_at]
+        args = GenerateMessage(query_id, queue, attempt, sent_at).args()  # the one layout
         m = self.app.amqp.as_task_v2(task_id, GENERATE_TASK, args=args, kwargs={},
                                      ignore_result=True)
         body = json.dumps(m.body).encode()
@@ -80,11 +83,53 @@ class Publisher:
         pipe.execute()
         self._count(queue, self.state.pipeline(transaction=False))
 
+    def send_many(self, msgs: Sequence[GenerateMessage],
+                  fallback: Callable[[GenerateMessage], None]) -> list[Exception | None]:
+        """Publish a batch (the front door's micro-batch) with its counters in one
+        round trip (one pipeline, messages in order); per message its error or None. Raises
+        when the round trip itself fails (then no message is known to be queued).
+        ``fallback`` sends one message through Celery when the broker is not a plain
+        Redis."""
+        if not self.fast:
+            errors: list[Exception | None] = []
+            for m in msgs:
+                try:
+                    fallback(m)
+                    errors.append(None)
+                except Exception as exc:  # this one's own outcome; the rest go on
+                    errors.append(exc)
+            sent = [m.queue for m, e in zip(msgs, errors, strict=True) if e is None]
+            self._count_many(sent, self.state.pipeline(transaction=False))
+            return errors
+        pipe = self.broker.pipeline(transaction=False)
+        for m in msgs:
+            pipe.lpush(m.queue, self.message(m.query_id, m.queue, m.attempt,
+                                             m.sent_at if m.sent_at is not None else
+                                             time.time()))
+        if self.same:  # one round trip; a counter is demand, not the record
+            self._incr(pipe, [m.queue for m in msgs])
+        pushed = pipe.execute(raise_on_error=False)[:len(msgs)]
+        errors = [x if isinstance(x, Exception) else None for x in pushed]
+        if not self.same:
+            sent = [m.queue for m, e in zip(msgs, errors, strict=True) if e is None]
+            self._count_many(sent, self.state.pipeline(transaction=False))
+        return errors
+
     @staticmethod
-    def _count(queue: str, pipe) -> None:
-        pipe.incr(ARRIVALS_KEY)
-        pipe.incr(f"{PREFIX}enq:{queue}")
+    def _incr(pipe, queues: Sequence[str]) -> None:
+        if queues:
+            pipe.incrby(ARRIVALS_KEY, len(queues))
+            for q, n in Counter(queues).items():
+                pipe.incrby(f"{PREFIX}enq:{q}", n)
+
+    @classmethod
+    def _count_many(cls, queues: Sequence[str], pipe) -> None:
+        cls._incr(pipe, queues)
         try:
             pipe.execute()
         except redis.exceptions.RedisError:  # accepted already; demand is under-counted
             pass
+
+    @classmethod
+    def _count(cls, queue: str, pipe) -> None:
+        cls._count_many([queue], pipe)

@@ -12,11 +12,18 @@ for its body. gunicorn's own ``sync``/``gthread`` workers hand a connection to a
 soon as its first bytes arrive, so 200 stalled bodies hold 200 threads (or all of them).
 Any gunicorn worker class can be chosen instead (``HADIS_WEB_WORKER_CLASS``), e.g. behind a
 buffering proxy such as nginx.
+
+A request that waits for its images (``POST /v1/images/generations``) is parked by
+``BufferedWorker``: the app answers a marker (``webapp.parking``), the container awaits
+the queries on the event loop with one SQL poller for the whole process, then runs the app
+again to render the answer. Waiting costs a socket and a future, not a thread; under other
+worker classes the view blocks its thread until the deadline.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import logging
 import os
 import sys
@@ -27,6 +34,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gtornado import TornadoWorker
 
 from hadis_celery.settings import Settings
+from webapp.parking import CAN_PARK, PARK_HEADER, RESUME, Poller, parse_park
 
 # A body this far over the largest route limit is still read, so the app answers 413 itself
 # (``webapp.ChunkedBodyLimit`` reads up to 1 MiB past a chunked body's limit too).
@@ -97,10 +105,11 @@ class _Container:
     run as one job on the thread pool (Tornado's ``WSGIContainer`` hops to the pool for each
     chunk), and a body Tornado decoded from chunks is handed on with its length."""
 
-    def __init__(self, app, pool: concurrent.futures.Executor | None) -> None:
+    def __init__(self, app, pool: concurrent.futures.Executor | None,
+                 poller: Poller | None = None) -> None:
         from tornado.wsgi import WSGIContainer
 
-        self.app, self.pool = app, pool
+        self.app, self.pool, self.poller = app, pool, poller
         self._environ = WSGIContainer(app).environ
 
     def __call__(self, request) -> None:
@@ -123,25 +132,41 @@ class _Container:
                 result.close()
         return data["status"], data["headers"], body
 
-    async def handle(self, request) -> None:
-        from tornado import httputil
-        from tornado.ioloop import IOLoop
-
+    def environ(self, request) -> dict:
         environ = self._environ(request)
         te = environ.get("HTTP_TRANSFER_ENCODING", "")
         if "chunked" in te.lower() and "CONTENT_LENGTH" not in environ:
             del environ["HTTP_TRANSFER_ENCODING"]  # Tornado read and decoded the chunks
             environ["CONTENT_LENGTH"] = str(len(request.body))
         environ["wsgi.multithread"] = self.pool is not None
+        environ[CAN_PARK] = self.poller is not None
+        return environ
+
+    async def respond(self, environ: dict) -> tuple[str, list, bytes]:
+        from tornado.ioloop import IOLoop
+
         try:
             if self.pool is None:
-                status, headers, body = self._run(environ)
-            else:
-                status, headers, body = await IOLoop.current().run_in_executor(
-                    self.pool, self._run, environ)
+                return self._run(environ)
+            return await IOLoop.current().run_in_executor(self.pool, self._run, environ)
         except Exception:  # the app answers its own errors; this is a broken app
             log.exception("the app raised outside its error handlers")
-            status, headers, body = "500 Internal Server Error", [], b""
+            return "500 Internal Server Error", [], b""
+
+    async def handle(self, request) -> None:
+        from tornado import httputil
+
+        environ = self.environ(request)  # (it takes Content-Type/-Length out of the request)
+        again = dict(environ)  # before the app and its middleware change it
+        status, headers, body = await self.respond(environ)
+        park = next((v for k, v in headers if k.lower() == PARK_HEADER.lower()), None)
+        if park is not None and self.poller is not None:  # wait on the loop, then render
+            ids, deadline = parse_park(park)
+            await self.poller.wait(ids, deadline)
+            again["wsgi.input"] = io.BytesIO(request.body)  # the app reads the body again
+            again[RESUME] = ids
+            status, headers, body = await self.respond(again)
+        headers = [(k, v) for k, v in headers if k.lower() != PARK_HEADER.lower()]
         code, reason = status.split(" ", 1)
         names = {k.lower() for k, _ in headers}
         if "content-length" not in names and int(code) != 304:
@@ -186,7 +211,10 @@ class BufferedWorker(TornadoWorker):
                 super().on_close(server_conn)
 
         timeout = max(0.1, float(s.web_client_timeout_s))
-        server = _Server(_Container(self.wsgi, pool), xheaders=False,
+        poller = None if door is None else Poller(door.engine, pool)  # parked requests
+        if poller is not None:
+            self.wsgi.extensions["hadis_poller"] = poller  # for /metrics
+        server = _Server(_Container(self.wsgi, pool, poller), xheaders=False,
                          no_keep_alive=self.cfg.keepalive <= 0,
                          idle_connection_timeout=timeout, body_timeout=timeout,
                          max_header_size=MAX_HEADER_BYTES,

@@ -28,6 +28,8 @@ import time
 from celery.signals import task_postrun, task_prerun, worker_process_init
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from planner.status import QueryStatus
+
 log = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry()
 BATCH_SECONDS = Histogram(
@@ -41,8 +43,10 @@ IMAGES = Counter("hadis_worker_images_total", "Queries a batch ended, by outcome
                  ["model", "outcome"], registry=REGISTRY)
 GPU_MEMORY = Gauge("hadis_worker_gpu_memory_bytes", "CUDA memory after the last batch",
                    ["device", "kind"], registry=REGISTRY)
-OUTCOMES = {"accepted": "done", "rerouted": "rerouted", "dropped": "dropped",
-            "failed": "failed", "given_back": "given_back"}
+# BatchReport field -> the outcome label (the query's new status; given back: none)
+OUTCOMES = {"accepted": QueryStatus.DONE, "rerouted": QueryStatus.REROUTED,
+            "dropped": QueryStatus.DROPPED, "failed": QueryStatus.FAILED,
+            "given_back": "given_back"}
 _started: dict[str, float] = {}
 _server = None
 

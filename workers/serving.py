@@ -28,8 +28,9 @@
    owner's result), with retries for ``HADIS_SQL_RETRY_S`` while SQL is unavailable; the
    heartbeat row is updated too.
 
-A message that cannot be sent (Redis down) leaves its row back-dated (``store.mark_unsent``)
-so the next sweep sends it. Every state change is one structured log event with the
+Every message leaves through ``hadis_celery.transport`` (row first, then message): one that
+cannot be sent (Redis down) leaves its row back-dated (``store.mark_unsent``) so the next
+sweep sends it. Every state change is one structured log event with the
 ``query_id`` (``query.claimed``, ``query.done``, ``query.rerouted``, ``query.dropped``,
 ``query.failed``, ``query.given_back``, and ``query.unrecorded`` / ``query.superseded`` when
 a result could not be written or was no longer ours to write).
@@ -53,14 +54,16 @@ from typing import TypeVar
 from celery import Celery
 from sqlalchemy import Engine
 
-from hadis_celery import store
+from hadis_celery import store, transport
 from hadis_celery.deployment import load_table
 from hadis_celery.imagestore import image_store
-from hadis_celery.live import GENERATE_TASK, LiveState, QueuedMessage
+from hadis_celery.live import LiveState
 from hadis_celery.logs import event
 from hadis_celery.settings import Settings
+from hadis_celery.transport import GenerateMessage
 from planner import policy
 from planner.registry import ModelSpec
+from planner.status import QueryStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,23 +134,6 @@ class Lease:
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
-def send_generate(app: Celery, query_id: str, queue: str, attempt: int,
-                  sent_at: float | None = None, swapped: bool = False) -> None:
-    """Publish one ``hadis.generate`` message on ``queue`` (no retry: the caller decides)."""
-    args = [query_id, queue, attempt, time.time() if sent_at is None else sent_at]
-    if swapped:
-        args.append(True)
-    app.send_task(GENERATE_TASK, args=args,
-                  queue=queue, routing_key=queue, retry=False, ignore_result=True)
-
-
-def fallback_plan(spec: ModelSpec, queue: str) -> policy.ActivePlan:
-    """Before any plan was published: run this queue's model alone at batch 1, no judging."""
-    return policy.ActivePlan(plan_id=0, light=spec.id, heavy=spec.id, light_queue=queue,
-                             heavy_queue=queue, theta=math.inf, tau=-math.inf,
-                             routing="none", router_ratio=0.0, batch={})
-
-
 def interp_seconds(spec: ModelSpec, b: int) -> float:
     """Registry batch latency, linear between profiled sizes (the simulator's rule)."""
     from workers.backends.replay import batch_seconds
@@ -211,7 +197,7 @@ class WorkerRuntime:
                 self.last_plan = p
         except Exception as exc:  # Redis down: keep the last plan
             log.warning("cannot read the plan (%s); keeping the last one", exc)
-        return self.last_plan or fallback_plan(spec, queue)
+        return self.last_plan or policy.fallback_plan(spec.id, queue)
 
     def backend_for(self, spec: ModelSpec, hostname: str = ""):
         """The loaded and warmed-up backend for ``spec``; switching models unloads the
@@ -339,25 +325,15 @@ class WorkerRuntime:
 
     def _fail(self, rows, token: str, reason: str, report: BatchReport) -> None:
         now = time.time()
-        updates = [{"id": r.id, "status": "failed", "finished_at": now, "reason": reason[:2000]}
-                   for r in rows]
+        updates = [{"id": r.id, "status": QueryStatus.FAILED, "finished_at": now,
+                    "reason": reason[:2000]} for r in rows]
         for qid in sorted(self._record(updates, token, now, report)):
             report.failed.append(qid)
             event(log, "query.failed", logging.WARNING, query_id=qid, worker=token,
                   reason=reason[:500])
 
-    def _unsent(self, ids: list[str], queue: str, exc: Exception) -> None:
-        """Messages that could not be sent: back-date their rows for the next sweep."""
-        for qid in ids:
-            event(log, "query.unsent", logging.WARNING, query_id=qid, queue=queue,
-                  reason=f"message not sent ({_first_line(exc)}); the next sweep sends it")
-        try:
-            store.mark_unsent(self.engine, ids)
-        except Exception as exc2:  # then the sweeper finds them after HADIS_SWEEP_AFTER_S
-            log.warning("cannot mark %d rows unsent (%s)", len(ids), _first_line(exc2))
-
     # -- one message ------------------------------------------------------------------
-    def run(self, first: QueuedMessage, hostname: str) -> BatchReport:
+    def run(self, first: GenerateMessage, hostname: str) -> BatchReport:
         self._hostname = hostname
         queue = first.queue
         spec = self.reg.by_queue(queue)
@@ -390,7 +366,7 @@ class WorkerRuntime:
                                  [i for i in by_id if i not in claimed])
             for r in rows:
                 event(log, "query.claimed", query_id=r.id, queue=queue, worker=token,
-                      attempt=r.attempts, status="running")
+                      attempt=r.attempts, status=QueryStatus.RUNNING)
             for qid in report.skipped:  # a duplicate message: the row is taken or final
                 event(log, "query.skipped", logging.DEBUG, query_id=qid, queue=queue)
             if rows:
@@ -401,21 +377,16 @@ class WorkerRuntime:
             self._heartbeat(hostname, spec, queue, plan)
         return report
 
-    def _swap(self, first: QueuedMessage, spec: ModelSpec) -> BatchReport:
+    def _swap(self, first: GenerateMessage, spec: ModelSpec) -> BatchReport:
         """The plan moved this worker to another model: hand the message back, then load.
         No query waits on a loading worker (the simulator's rule: a swapping worker holds
         nothing); the worker takes its next message with the new model loaded. A message is
         handed back once only, so a worker bound to two models' queues cannot livelock."""
         report = BatchReport(first.queue, spec.id, 0, [], [], [], [], [first.query_id], [])
-        try:
-            send_generate(self.app, first.query_id, first.queue, first.attempt, first.sent_at,
-                          swapped=True)
+        try:  # the row still waits, untouched; the same message, marked swapped
+            transport.send_written(self.app, self.engine, [first.handed_back(swapped=True)])
         except Exception as exc:  # Redis went: the next sweep sends it from SQL
             log.warning("cannot hand %s back (%s)", first.query_id, _first_line(exc))
-            try:
-                store.mark_unsent(self.engine, [first.query_id])
-            except Exception:
-                pass
         event(log, "query.given_back", query_id=first.query_id, queue=first.queue,
               reason=f"worker swapping to {spec.name}")
         try:
@@ -424,7 +395,7 @@ class WorkerRuntime:
             log.exception("cannot load %s", spec.name)
         return report
 
-    def _serve(self, rows, by_id, first: QueuedMessage, spec: ModelSpec,
+    def _serve(self, rows, by_id, first: GenerateMessage, spec: ModelSpec,
                plan: policy.ActivePlan, queue: str, cap: int, token: str,
                report: BatchReport) -> None:
         """The claimed rows: load the model, drop, give back, run the batch."""
@@ -441,7 +412,7 @@ class WorkerRuntime:
         drops = []
         for i in choice.drop:
             r = rows[i]
-            drops.append({"id": r.id, "status": "dropped", "finished_at": now,
+            drops.append({"id": r.id, "status": QueryStatus.DROPPED, "finished_at": now,
                           "reason": f"cannot meet its deadline on {queue}: needs {one:.3f} s, "
                                     f"{max(r.deadline - now, 0.0):.3f} s left"})
         applied = self._record(drops, token, now, report)
@@ -449,7 +420,7 @@ class WorkerRuntime:
             if u["id"] in applied:
                 report.dropped.append(u["id"])
                 event(log, "query.dropped", query_id=u["id"], queue=queue, worker=token,
-                      reason=u["reason"], status="dropped")
+                      reason=u["reason"], status=QueryStatus.DROPPED)
         back = [rows[i] for i in choice.back]
         if back:
             self._give_back(back, by_id, first, queue, token)
@@ -458,14 +429,14 @@ class WorkerRuntime:
         if batch:
             self._run_batch(batch, spec, plan, queue, backend, token, report)
 
-    def _return_drained(self, queue: str, extra: list[QueuedMessage]) -> None:
+    def _return_drained(self, queue: str, extra: list[GenerateMessage]) -> None:
         """Drained messages go back to the head of their list (nothing was claimed)."""
         try:
             self.live.push_back(queue, extra)
         except Exception as exc:  # their rows are still queued: the sweeper re-sends them
             log.warning("cannot return %d drained messages to %s (%s)", len(extra), queue, exc)
 
-    def _give_back(self, rows, by_id, first: QueuedMessage, queue: str, token: str) -> None:
+    def _give_back(self, rows, by_id, first: GenerateMessage, queue: str, token: str) -> None:
         now = time.time()
         ids = [r.id for r in rows]
         try:  # rows first, then their messages
@@ -474,17 +445,17 @@ class WorkerRuntime:
             log.warning("cannot release %d rows (%s)", len(ids), _first_line(exc))
         for qid in ids:
             event(log, "query.given_back", query_id=qid, queue=queue, worker=token,
-                  status="queued")
+                  status=QueryStatus.QUEUED)
         raw = [by_id[r.id] for r in rows if by_id[r.id] is not first]
         try:
             self.live.push_back(queue, raw)
         except Exception as exc:
-            self._unsent([m.query_id for m in raw], queue, exc)
+            transport.unsent(self.engine, raw, exc)
         if any(by_id[r.id] is first for r in rows):
-            try:
-                send_generate(self.app, first.query_id, queue, first.attempt, first.sent_at)
-            except Exception as exc:
-                self._unsent([first.query_id], queue, exc)
+            try:  # the Celery message is acked: the same message again
+                transport.send_written(self.app, self.engine, [first.handed_back()])
+            except Exception:  # its row is back-dated: the next sweep sends it
+                pass
 
     def _run_batch(self, batch, spec: ModelSpec, plan: policy.ActivePlan, queue: str,
                    backend, token: str, report: BatchReport) -> None:
@@ -521,9 +492,9 @@ class WorkerRuntime:
                 base["params"] = gen.params
             judged = q is not None and not math.isnan(q)
             if judged and policy.verdict(plan, queue, spec.id, q) == policy.REROUTE:
-                updates.append({**base, "status": "rerouted", "queue": plan.heavy_queue,
+                updates.append({**base, "status": QueryStatus.REROUTED, "queue": plan.heavy_queue,
                                 "light_quality": q, "attempts": (r.attempts or 0) + 1})
-                outcome[r.id] = ("rerouted", r, q)
+                outcome[r.id] = (QueryStatus.REROUTED, r, q)
                 continue
             if unsaved is None:
                 try:
@@ -531,43 +502,43 @@ class WorkerRuntime:
                 except OSError as exc:
                     unsaved = exc
             if unsaved is not None:
-                updates.append({**base, "status": "failed", "finished_at": now,
+                updates.append({**base, "status": QueryStatus.FAILED, "finished_at": now,
                                 "reason": self._storage_reason(unsaved)})
-                outcome[r.id] = ("failed", r, q)
+                outcome[r.id] = (QueryStatus.FAILED, r, q)
                 continue
             extra = ({"light_quality": q}
                      if policy.discriminates(plan, queue, spec.id) else {})
-            updates.append({**base, **extra, "status": "done", "served_model": spec.id,
+            updates.append({**base, **extra, "status": QueryStatus.DONE, "served_model": spec.id,
                             "quality": q, "clip": c, "image": name, "finished_at": now})
-            outcome[r.id] = ("done", r, q)
+            outcome[r.id] = (QueryStatus.DONE, r, q)
         if unsaved is not None:
             self._storage_failed(unsaved, token)
-        elif self._storage_faulted and any(o[0] == "done" for o in outcome.values()):
+        elif self._storage_faulted and any(o[0] == QueryStatus.DONE for o in outcome.values()):
             self._storage_recovered()
         applied = self._record(updates, token, now, report)
         resend = []
         for qid, (what, r, q) in outcome.items():
             if qid not in applied:
                 continue
-            if what == "failed":
+            if what == QueryStatus.FAILED:
                 report.failed.append(qid)
                 event(log, "query.failed", logging.WARNING, query_id=qid, queue=queue,
-                      worker=token, reason=self._storage_reason(unsaved), status="failed")
+                      worker=token, reason=self._storage_reason(unsaved), status=QueryStatus.FAILED)
                 continue
-            if what == "rerouted":
+            if what == QueryStatus.REROUTED:
                 report.rerouted.append(qid)
                 resend.append(r)
                 event(log, "query.rerouted", query_id=qid, queue=plan.heavy_queue,
-                      from_queue=queue, model=spec.id, light_quality=q, status="rerouted")
+                      from_queue=queue, model=spec.id, light_quality=q, status=QueryStatus.REROUTED)
             else:
                 report.accepted.append(qid)
                 event(log, "query.done", query_id=qid, queue=queue, model=spec.id, quality=q,
-                      latency_s=round(now - r.received_at, 6), status="done")
-        for r in resend:  # row first, then message; a lost send is re-sent by the sweeper
+                      latency_s=round(now - r.received_at, 6), status=QueryStatus.DONE)
+        for r in resend:  # row first (above), then message; a lost send: the sweeper's
+            msg = GenerateMessage.for_row(r, plan.heavy_queue, attempts=(r.attempts or 0) + 1)
             try:
-                send_generate(self.app, r.id, plan.heavy_queue, (r.attempts or 0) + 1)
-            except Exception as exc:
-                self._unsent([r.id], plan.heavy_queue, exc)
+                transport.send_written(self.app, self.engine, [msg])
+            except Exception:  # its row is back-dated: the next sweep sends it
                 continue
             try:
                 self.live.count_enqueue(plan.heavy_queue)

@@ -1,10 +1,10 @@
 """Celery tasks: thin adapters over ``workers.serving`` and ``hadis_celery.beat``.
 
-- ``hadis.generate(query_id, queue, attempt, sent_at)``: one message = one query; the worker
-  drains up to B - 1 more from the same queue and runs them as one batch. Celery's hard time
-  limit (``hadis_celery.celery.hard_time_limit_s``) kills a pool child stuck in a backend
-  that ignores the per-batch limit; when SQL is unavailable the message is requeued after a
-  back-off (the worker cannot claim anything, and the message must not be lost).
+- ``hadis.generate(*GenerateMessage.args())`` (``hadis_celery.transport``): one message = one
+  query; the worker drains up to B - 1 more from the same queue and runs them as one batch.
+  Celery's hard time limit (``hadis_celery.celery.hard_time_limit_s``) kills a pool child
+  stuck in a backend that ignores the per-batch limit; when SQL is unavailable the message
+  is requeued after a back-off (the worker cannot claim anything, and the message must not be lost).
 - ``hadis.plan``: the beat's planner tick (``hadis_celery.beat.PlanLoop.tick``).
 - ``hadis.sweep``: re-send accepted queries whose message was lost, move work off queues no
   worker consumes (``hadis_celery.beat.sweep``).
@@ -23,8 +23,8 @@ from celery.signals import celeryd_after_setup, worker_process_init
 
 from hadis_celery.celery import app, hard_time_limit_s
 from hadis_celery.deployment import registry
-from hadis_celery.live import GENERATE_TASK, QueuedMessage
 from hadis_celery.logs import event
+from hadis_celery.transport import GENERATE_TASK, GenerateMessage
 from workers import metrics as _metrics  # noqa: F401  (the exporter's signal handlers)
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,12 @@ def sql_backoff_s(failures: int) -> float:
 @app.task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
           time_limit=hard_time_limit_s(app.conf.hadis_settings,
                                        registry(app.conf.hadis_settings)))
-def generate(self, query_id: str, queue: str, attempt: int = 0,
-             sent_at: float | None = None, swapped: bool = False) -> dict:
+def generate(self, *args: object) -> dict:
+    """One ``hadis.generate`` message (its arguments: ``GenerateMessage.args``)."""
     from workers.serving import SqlUnavailable
 
     global _sql_failures
-    msg = QueuedMessage(str(query_id), str(queue), int(attempt), sent_at, swapped=bool(swapped))
+    msg = GenerateMessage.from_args(args)
     try:
         out = runtime().run(msg, self.request.hostname or "worker").to_dict()
     except SqlUnavailable as exc:

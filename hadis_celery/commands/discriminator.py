@@ -111,6 +111,7 @@ def train(real_dir: Path, gen_dir: Path, out: Path, clip_path: Path | None, tiny
 def score(images: tuple[Path, ...], head_path: Path, clip_path: Path | None, prompt: str | None,
           prompts_file: Path | None, size: int | None, device: str, batch_size: int) -> None:
     """Print quality (P(real)) and CLIP score per image, as JSON lines."""
+    from planner.reference import read_prompts
     from workers.errors import WorkerError
 
     if prompt is not None and prompts_file is not None:
@@ -123,10 +124,12 @@ def score(images: tuple[Path, ...], head_path: Path, clip_path: Path | None, pro
         if prompts_file is not None:
             if not prompts_file.is_file():
                 raise click.ClickException(f"{prompts_file}: no such prompt file")
-            prompts = prompts_file.read_text(encoding="utf-8").splitlines()
+            # One prompt a line, lines split at "\n" only: a lone carriage return inside a
+            # prompt must not split it and pair every later image with the wrong prompt.
+            prompts = read_prompts(prompts_file)
             if len(prompts) != len(files):
-                raise click.ClickException(f"{prompts_file}: {len(prompts)} prompts for "
-                                           f"{len(files)} images")
+                raise click.ClickException(f"{prompts_file}: {len(prompts)} prompts (lines) "
+                                           f"for {len(files)} images")
         else:
             prompts = [prompt or ""] * len(files)
         disc = Discriminator.load(head_path, clip_path, device=device, batch_size=batch_size,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from hadis_celery.scenario import default_scenario
 from planner.reference import ReferenceDataError
 from sim.experiments import EXPERIMENTS, REFUSED, run_experiment
 from sim.report import markdown_table
@@ -36,8 +37,8 @@ def command(name: str, out: str, workers: int, slo_s: float, trace: str | None,
         bar.update(1)
 
     try:
-        rows = run_experiment(name, Path(out), workers=workers, slo_s=slo_s, trace=trace,
-                              seed=seed, progress=progress)
+        sc = default_scenario(workers=workers, slo_s=slo_s, seed=seed)
+        rows = run_experiment(name, Path(out), sc, trace=trace, progress=progress)
     except (ReferenceDataError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -141,7 +141,7 @@ def import_(profile_dir: Path, name: str, prompts_path: Path | None,
     ids are their ids, any number of models with any names; a model whose batch-latency
     curve the deployment does not declare takes its batch-1 seconds from the CSV's latency
     column."""
-    from hadis_celery import models
+    from hadis_celery import tables
     from hadis_celery.db import transaction
     from hadis_celery.deployment import DeploymentError, import_registry
     from hadis_celery.settings import settings
@@ -185,9 +185,9 @@ def import_(profile_dir: Path, name: str, prompts_path: Path | None,
     try:
         with transaction(engine) as session:
             if rp is not None:
-                rrow = models.save_router_profile(session, name, rp.to_dict())
+                rrow = tables.save_router_profile(session, name, rp.to_dict())
                 table = replace(table, meta={**table.meta, "router_profile_id": rrow.id})
-            stored = models.save_profile(session, table)
+            stored = tables.save_profile(session, table)
             version, n_pareto = stored.version, sum(r.pareto for r in stored.rows)
     except _db_errors() as exc:
         raise click.ClickException(f"database: {_one_line(exc)} (nothing stored)") from exc
@@ -676,13 +676,13 @@ def _fid_table(name, registry, prompts, prompts_path, rs, rp, rp_path, images, m
 
 
 def _store(table: ProfileTable, url: str | None) -> int:
-    from hadis_celery import models
+    from hadis_celery import tables
     from hadis_celery.db import transaction
 
     engine = _engine(url)
     try:
         with transaction(engine) as session:
-            return models.save_profile(session, table).version
+            return tables.save_profile(session, table).version
     except _db_errors() as exc:
         raise click.ClickException(f"database: {_one_line(exc)} (nothing stored)") from exc
     finally:
@@ -719,13 +719,13 @@ def plot_latency(registry: Registry, out: Path, device: str = "") -> None:
 @url_option
 def list_(url: str | None) -> None:
     """Stored profiles, every version."""
-    from hadis_celery import models
+    from hadis_celery import tables
     from hadis_celery.db import transaction
 
     engine = _engine(url)
     try:
         with transaction(engine) as session:
-            items = models.list_profiles(session)
+            items = tables.list_profiles(session)
             lines = [f"{p.name:<20} v{p.version:<3} {p.created:%Y-%m-%d %H:%M:%S}  "
                      f"{n:>5} rows {k:>4} pareto  {p.metric:<4}  {p.source[:60]}"
                      for p, n, k in items]
@@ -738,13 +738,13 @@ def list_(url: str | None) -> None:
 
 def load_table(name: str, version: int | None, url: str | None) -> tuple[ProfileTable, list]:
     """A stored profile as a ``ProfileTable`` plus its (pareto, pareto_pair) flags."""
-    from hadis_celery import models
+    from hadis_celery import tables
     from hadis_celery.db import transaction
 
     engine = _engine(url)
     try:
         with transaction(engine) as session:
-            prof = models.get_profile(session, name, version)
+            prof = tables.get_profile(session, name, version)
             if prof is None:
                 which = f"version {version} of " if version is not None else ""
                 raise click.ClickException(f"no profile {which}{name!r} (see hadis profile list)")

@@ -15,7 +15,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-REAL = sa.Float(precision=53)  # hadis_celery.models.Real: a double, NaN stored as NULL
+REAL = sa.Float(precision=53)  # hadis_celery.tables.Real: a double, NaN stored as NULL
 
 
 def upgrade() -> None:

@@ -32,11 +32,18 @@ capitalised word after the first; the others cannot hold a PERSON/ORG/GPE entity
 by an NER error. On the reference prompt sets the gated entity count equals the ungated
 one on 99% of prompts (the misses are mostly NER false positives such as "a wolf" as
 PERSON); ``gate_ner=False`` restores the plain pipeline. The attribute ruler keeps only
-its POS and TAG rules (``_slim_attribute_ruler``). The network's matrix products
-run through numpy with OpenBLAS held to one thread while the router parses: the
-matrices are tiny, and on a loaded machine BLAS threads waiting for cores multiplied the
-single-prompt latency by four (27 ms against 6 ms, measured with four busy processes on
-two cores).
+its POS and TAG rules (``_slim_attribute_ruler``), applied by ``AttributeRules``
+(``attribute_rules.py``) instead of spaCy's generic Matcher; ``tok2vec`` embeds each
+distinct token once (``CachedTok2Vec``, ``embed_cache.py``). The network's matrix products
+run through numpy, against C-contiguous copies of the transposed weights, with OpenBLAS
+held to one thread while the router parses: the matrices are tiny, and on a loaded
+machine BLAS threads waiting for cores multiplied the single-prompt latency by four
+(27 ms against 6 ms, measured with four busy processes on two cores). Every one of these
+keeps spaCy's annotations: on the 9,999 reference prompts every token's tag, POS and arc
+and both feature sets, in batch and one at a time, equal those of spaCy's own stages
+(``python -m bench.router`` checks the features on each run,
+``tests/router/test_pipeline_stages.py`` a sample with entities too); the flags
+(``numpy_gemm``, ``indexed_attribute_rules``, ``cache_embeddings``) turn each off.
 
 Abstractness reads a concreteness lexicon (Brysbaert et al. 2014 format: columns
 ``Word``, ``Conc.M``) from a configurable path. Without one, a built-in fallback counts
@@ -57,6 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
+from planner.router.attribute_rules import compile_rules
+from planner.router.embed_cache import CachedTok2Vec
 from planner.router.prompt import MAX_TOKENS
 
 log = logging.getLogger(__name__)
@@ -142,27 +151,52 @@ def load_concreteness(path: str | os.PathLike[str]) -> dict[str, float]:
     return ratings
 
 
-def load_spatial_terms(path: str | os.PathLike[str]) -> tuple[str, ...]:
-    """Spatial terms, one a line (split on ``\\n`` only, like every line reader here)."""
-    p = Path(path)
-    terms = (t.strip().lower() for t in p.read_bytes().decode("utf-8").split("\n"))
-    return tuple(dict.fromkeys(t for t in terms if t))
-
-
 def _use_numpy_gemm(nlp) -> None:
     """Run the pipeline's matrix products through numpy (OpenBLAS) instead of blis.
 
     On the 2-core CI machines this cut the per-prompt parse by about a quarter for the
     short prompts the front door sees; the annotations are unchanged (tests compare).
+
+    Every layer multiplies by a weight matrix transposed (``x @ W.T``). For the few rows
+    of one prompt, OpenBLAS spent most of such a product re-packing the transposed
+    weights: a C-contiguous copy of ``W.T``, made once per weight, cut the products of a
+    single prompt two to four times (8-16 rows against 288x288 weights). A weight is
+    recognised by its data address (layers pass reshaped views of their parameters); the
+    ops keep the parameters alive, so no other array can take that address. For a few
+    rows OpenBLAS may sum such a product in another order than with the transposed view
+    (last-bit differences); no annotation of the reference prompts changed.
     """
     from thinc.backends.numpy_ops import NumpyOps
 
+    weights: dict[int, np.ndarray] = {}
+    for _, proc in nlp.pipeline:
+        model = getattr(proc, "model", None)
+        if model is not None and hasattr(model, "walk"):
+            for node in model.walk():
+                for name in node.param_names:
+                    if node.has_param(name):
+                        param = node.get_param(name)
+                        if isinstance(param, np.ndarray) and param.ndim >= 2:
+                            weights[param.ctypes.data] = param
+
     class MatmulOps(NumpyOps):
         name = "numpy-matmul"
+        _params = weights  # held: their addresses key the transposed copies
+        _transposed: dict[tuple, np.ndarray] = {}
+
+        def _times_transposed(self, y: np.ndarray) -> np.ndarray:
+            address = y.ctypes.data
+            if address not in self._params:
+                return y.T
+            key = (address, y.shape, y.strides)
+            copy = self._transposed.get(key)
+            if copy is None:
+                copy = self._transposed[key] = np.ascontiguousarray(y.T)
+            return copy
 
         def gemm(self, x, y, out=None, trans1=False, trans2=False):
             a = x.T if trans1 else x
-            b = y.T if trans2 else y
+            b = self._times_transposed(y) if trans2 else y
             if out is None:
                 return np.matmul(a, b)
             np.matmul(a, b, out=out)
@@ -271,6 +305,8 @@ class FeatureExtractor:
         numpy_gemm: bool = True,
         single_thread_blas: bool = True,
         slim_attribute_ruler: bool = True,
+        indexed_attribute_rules: bool = True,
+        cache_embeddings: bool = True,
     ) -> None:
         import spacy
 
@@ -293,6 +329,20 @@ class FeatureExtractor:
         self.gate_ner = gate_ner
         self.single_thread_blas = single_thread_blas
         self._stages = [(n, p) for n, p in self.nlp.pipeline if n != "ner"]
+        if indexed_attribute_rules and "attribute_ruler" in self.nlp.pipe_names:
+            rules = compile_rules(self.nlp.get_pipe("attribute_ruler").patterns)
+            if rules is not None:
+                self._stages = [(n, rules if n == "attribute_ruler" else p)
+                                for n, p in self._stages]
+            else:
+                log.info("attribute ruler has rules AttributeRules cannot read: "
+                         "spaCy's ruler applies them")
+        self._tok2vec = None
+        if cache_embeddings and "tok2vec" in self.nlp.pipe_names:
+            self._tok2vec = CachedTok2Vec.wrap(self.nlp.get_pipe("tok2vec"))
+            if self._tok2vec is not None:
+                self._stages = [(n, self._tok2vec if n == "tok2vec" else p)
+                                for n, p in self._stages]
         self._ner = self.nlp.get_pipe("ner")
         self.lexicon_source = str(lexicon_path) if lexicon_path else "builtin-fallback"
         self._ratings = load_concreteness(lexicon_path) if lexicon_path else None

@@ -166,11 +166,6 @@ class RouterProfile:
         return float(np.interp(self.unreadable_quantile, levels, self._q)) + TIE_BREAK + (
             tie_break(text))
 
-    def with_weights(self, weights: Sequence[float], scores: np.ndarray) -> RouterProfile:
-        """The same normalisation with new weights; quantiles refitted on ``scores``."""
-        return replace(self, weights=tuple(float(w) for w in weights),
-                       quantiles=score_quantiles(scores), fit_size=len(scores))
-
     # -- thresholds ----------------------------------------------------------------------
     def threshold_for(self, router_ratio: float) -> float:
         """θ such that about ``router_ratio`` of fit-set prompts score above it (go heavy)."""

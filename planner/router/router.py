@@ -146,8 +146,3 @@ class HardnessRouter:
 
     def threshold_for(self, router_ratio: float) -> float:
         return self.profile.threshold_for(router_ratio)
-
-    @staticmethod
-    def goes_heavy(score: float, theta: float) -> bool:
-        """The routing rule: strictly above θ goes straight to the heavy model."""
-        return score > theta

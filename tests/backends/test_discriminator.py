@@ -188,3 +188,32 @@ def test_cli_errors_are_one_line(image_dirs, tmp_path):
                                   "--device", "cuda" if not torch.cuda.is_available() else
                                   "cuda:99"])
     assert result.exit_code == 1 and "Error: device" in result.output
+
+
+def test_cli_prompts_file_splits_on_newlines_only(trained, image_dirs, tmp_path):
+    """A lone carriage return inside a prompt keeps it one prompt (before, universal
+    newlines made it two and paired every later image with the wrong prompt); a file whose
+    line count differs from the image count is one clear error."""
+    disc, result = trained
+    real, gen = image_dirs
+    head = tmp_path / "head.pt"
+    disc.save_head(head, val_auc=result.val_auc)
+    images = [str(gen / "gen_000.png"), str(real / "coffee.png")]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"a photo\rof a thing\r\na cup of coffee\n")
+    runner = CliRunner()
+    got = runner.invoke(discriminator_cli, ["score", "--head", str(head), "--prompts",
+                                            str(prompts), "--device", "cpu", *images])
+    assert got.exit_code == 0, got.output
+    rows = [json.loads(line) for line in got.output.strip().splitlines()]
+    for row, image, prompt in zip(rows, images, ["a photo\rof a thing", "a cup of coffee"],
+                                  strict=True):
+        one = runner.invoke(discriminator_cli, ["score", "--head", str(head), "--prompt",
+                                                prompt, "--device", "cpu", image])
+        assert one.exit_code == 0, one.output
+        assert json.loads(one.output) == row
+    prompts.write_bytes(b"one\ntwo\nthree\n")
+    got = runner.invoke(discriminator_cli, ["score", "--head", str(head), "--prompts",
+                                            str(prompts), "--device", "cpu", *images])
+    assert got.exit_code == 1 and "Traceback" not in got.output
+    assert got.output.strip() == f"Error: {prompts}: 3 prompts (lines) for 2 images"

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from hadis_celery import db, store
 from hadis_celery.live import EPOCH_KEY, PLAN_KEY, decode_message
-from hadis_celery.models import QueryRow
+from hadis_celery.tables import QueryRow
 from planner.router import validate_prompt
 from tests.faults.conftest import (
     PROMPTS,

@@ -83,7 +83,7 @@ def _messages(r, where: dict | None = None) -> Counter:
 def _open_rows(stack) -> dict[str, str]:
     from sqlalchemy import select
 
-    from hadis_celery.models import QueryRow
+    from hadis_celery.tables import QueryRow
 
     with db.transaction(stack.engine) as s:
         return dict(s.execute(select(QueryRow.id, QueryRow.queue)
@@ -136,7 +136,7 @@ def _backdate_waiting(stack, seconds: float) -> int:
     ``HADIS_SWEEP_AFTER_S``), as if its message had been lost."""
     from sqlalchemy import update
 
-    from hadis_celery.models import QueryRow
+    from hadis_celery.tables import QueryRow
 
     with db.transaction(stack.engine) as s:
         return s.execute(update(QueryRow).where(QueryRow.status.in_(store.WAITING))

@@ -17,11 +17,11 @@ from hadis_celery.celery import make_app
 from hadis_celery.commands.db import command as db_command
 from hadis_celery.imagestore import ImageStore
 from hadis_celery.live import LiveState
-from hadis_celery.models import PlanRow, QueryRow
 from hadis_celery.retention import parse_duration, prune
+from hadis_celery.tables import PlanRow, QueryRow
+from hadis_celery.transport import GenerateMessage, publish
 from tests.faults.conftest import PrivateRedis, fault_stack, stack_settings
 from tests.stack.conftest import wait_for
-from workers.serving import send_generate
 
 DAY = 86400.0
 
@@ -106,7 +106,7 @@ def world(tmp_path):
     # messages: one for the open row (kept), one for a finished row and one for a row that
     # does not exist (dead)
     for qid in ("e" * 32, "b" * 32, "0" * 32):
-        send_generate(app, qid, "light_sdxl", 1)
+        publish(app, GenerateMessage(qid, "light_sdxl", 1))
     live = LiveState.from_url(rds.url)
     from planner.policy import ActivePlan
 

@@ -13,8 +13,8 @@ from hadis_celery import db, store
 from hadis_celery.beat import DROP, FAIL, RESEND, sweep_action
 from hadis_celery.celery import batch_time_limit_s, hard_time_limit_s, visibility_timeout_s
 from hadis_celery.deployment import registry
-from hadis_celery.models import QueryRow
 from hadis_celery.settings import Settings
+from hadis_celery.tables import QueryRow
 from workers.backends import BackendError, backend_class, is_replay
 from workers.serving import BatchTimeout, time_limit
 from workers.tasks import sql_backoff_s

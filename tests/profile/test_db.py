@@ -28,7 +28,7 @@ def _table(rows, name="sd35"):
 
 
 def test_migrations_match_the_models_and_go_down_and_up(engine):
-    assert db.current_revision(engine) == db.head_revision() == "0004"
+    assert db.current_revision(engine) == db.head_revision() == "0005"
     names = set(inspect(engine).get_table_names())
     assert {"profiles", "profile_rows", "router_profiles", "alembic_version"} <= names
     with engine.connect() as conn:
@@ -37,7 +37,7 @@ def test_migrations_match_the_models_and_go_down_and_up(engine):
     db.downgrade(engine, "base")
     assert not {"profiles", "profile_rows"} & set(inspect(engine).get_table_names())
     db.ensure_schema(engine)
-    assert db.current_revision(engine) == "0004"
+    assert db.current_revision(engine) == "0005"
 
 
 def test_import_twice_gives_two_versions_latest_by_default(engine, sd35_table):

@@ -126,14 +126,6 @@ def test_blas_runs_on_one_thread_while_parsing_and_is_restored(extractor, imagen
     assert blas_threads() == before
 
 
-def test_spatial_terms_file_splits_on_newlines_only(tmp_path):
-    from planner.router.features import load_spatial_terms
-
-    path = tmp_path / "terms.txt"
-    path.write_bytes(b"on top of\r\nnext\rto\n\nnear\nnear\n")
-    assert load_spatial_terms(path) == ("on top of", "next\rto", "near")
-
-
 def test_batch_equals_single(extractor, imagenet_prompts):
     sample = imagenet_prompts[:200] + ["Barack Obama in Paris", "a dog next to a cat"]
     batch = extractor.extract_many(sample)

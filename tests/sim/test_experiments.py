@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from hadis_celery.cli import main
+from hadis_celery.scenario import default_scenario
 from sim.experiments import E2E_POLICIES, shift_trace, simulate
-from sim.scenario import default_scenario
 from sim.trace import read_trace
 from sim.workload import build_workload
 

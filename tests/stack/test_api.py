@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from hadis_celery import db
 from hadis_celery.live import LiveState
-from hadis_celery.models import QueryRow
+from hadis_celery.tables import QueryRow
 from planner.policy import ActivePlan
 from tests.stack.conftest import BROKER, CLOSED_PG, CLOSED_REDIS, database, make_settings
 from webapp import create_app

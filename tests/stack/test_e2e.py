@@ -15,8 +15,8 @@ from hadis_celery import db, store
 from hadis_celery.beat import PlanLoop
 from hadis_celery.celery import make_app
 from hadis_celery.live import LiveState
-from hadis_celery.models import PlanRow, QueryRow, WorkerHeartbeat
 from hadis_celery.settings import Settings
+from hadis_celery.tables import PlanRow, QueryRow, WorkerHeartbeat
 from planner.router import validate_prompt
 from tests.stack.conftest import (
     BROKER,

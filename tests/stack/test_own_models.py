@@ -27,9 +27,9 @@ from hadis_celery.beat import PlanLoop
 from hadis_celery.celery import make_app
 from hadis_celery.deployment import load_table
 from hadis_celery.live import LiveState
-from hadis_celery.models import ModelLoad, QueryRow
 from hadis_celery.procs import stop_group
 from hadis_celery.settings import DEFAULT_PROFILE
+from hadis_celery.tables import ModelLoad, QueryRow
 from planner.registry import Registry
 from planner.table import ProfileTable
 from tests.deployment.conftest import write_deployment

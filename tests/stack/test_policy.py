@@ -29,6 +29,16 @@ def test_route_by_score_random_none_and_single_model():
     assert policy.route(single, 5.0, 1.0) == ("light", "light_sd35_medium")
 
 
+def test_a_pinned_query_goes_only_where_the_plan_serves_that_models_own_images():
+    pair = _active(theta=0.5)  # light 0 (sdxl) -> heavy 3 (sd35_large)
+    assert policy.pinned_route(pair, 3) == ("heavy", "heavy_sd35_large")
+    assert "light model" in policy.pinned_route(pair, 0)
+    assert "not in the active plan" in policy.pinned_route(pair, 2)
+    single = policy.ActivePlan.from_plan(plan_for(2, 2, theta=-math.inf), sd35_registry())
+    assert policy.pinned_route(single, 2) == ("light", "light_sd35_medium")
+    assert isinstance(policy.pinned_route(single, 3), str)
+
+
 def test_plan_view_round_trips_through_json_with_infinities():
     p = _active(theta=math.inf, tau=-math.inf, batch={0: 4, 3: 2})
     assert policy.ActivePlan.from_dict(p.to_dict()) == p

@@ -75,8 +75,8 @@ def stack(tmp_path_factory, redis11) -> Iterator[Stack]:
     light model's 30% score quantile (some light images are rerouted)."""
     from hadis_celery import db, store
     from hadis_celery.live import LiveState
-    from hadis_celery.models import PlanRow
     from hadis_celery.settings import DEFAULT_ROUTER_PROFILE
+    from hadis_celery.tables import PlanRow
     from planner.policy import ActivePlan
     from planner.router import RouterProfile
     from workers.backends.replay import load_score_table

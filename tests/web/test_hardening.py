@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 
-from hadis_celery.models import QueryRow
+from hadis_celery.tables import QueryRow
 from planner.router.prompt import MAX_PROMPT_CHARS
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import event, func, select, update
 from bench.webhistory import fill
 from hadis_celery import db, store
 from hadis_celery.celery import make_app
-from hadis_celery.models import QueryRow
+from hadis_celery.tables import QueryRow
 from tests.stack.conftest import make_settings
 from webapp.auth import Principal
 

@@ -43,15 +43,15 @@ def test_the_fast_send_writes_the_message_send_task_writes(stack):
     """``webapp.publish`` builds Celery's own message: same envelope, headers and body as
     ``send_task`` (ids and times aside), on the same list, with the demand counters."""
     from hadis_celery.live import ARRIVALS_KEY, decode_message
+    from hadis_celery.transport import GenerateMessage, publish
     from webapp.publish import Publisher
-    from workers.serving import send_generate
 
     r = redis.Redis.from_url(BROKER)
     q = f"probe_{uuid.uuid4().hex[:6]}"
     door = stack.app.extensions["hadis"]
     assert door.publisher.fast and door.publisher.same
     before = int(r.get(ARRIVALS_KEY) or 0)
-    send_generate(door.celery, "a" * 32, q, 1, 123.5)
+    publish(door.celery, GenerateMessage("a" * 32, q, 1, 123.5))
     Publisher(door.celery, door.live.r, stack.s.state_url).send("b" * 32, q, 1, 123.5,
                                                                 lambda: None)
     theirs, ours = (json.loads(x) for x in r.rpop(q, 2))

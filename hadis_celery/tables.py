@@ -36,6 +36,7 @@ from sqlalchemy.types import TypeDecorator
 
 from planner.cascade import CascadeConfig
 from planner.registry import Registry
+from planner.status import QueryStatus
 from planner.table import ProfileTable
 
 NAMING = {
@@ -206,7 +207,7 @@ def get_router_profile(session: Session, name: str) -> RouterProfileRow | None:
 # -- the serving stack: queries, plans, worker heartbeats (issue 6) ------------------------
 # Times are epoch seconds (doubles): the pipeline subtracts them, and every process agrees
 # on them without time-zone arithmetic. ``created`` stays a timestamp for people reading SQL.
-QUERY_STATUSES = ("queued", "running", "rerouted", "done", "dropped", "failed")
+QUERY_STATUSES = tuple(QueryStatus)  # the values of ``status`` (``planner.status``)
 
 
 class QueryRow(Base):
@@ -257,7 +258,10 @@ class QueryRow(Base):
 
 
 class PlanRow(Base):
-    """One plan the beat task made (``Plan.to_dict()``), with the live view it published."""
+    """One plan the beat task made (``Plan.to_dict()``, with the planner's ``memory``: a
+    restarted beat resumes from the latest row), the live view it published, and what the
+    planner was given (``inputs``, see ``hadis_celery.beat.plan_inputs``: ``hadis plan
+    replay`` feeds them to the planner again; NULL for rows older than migration 0005)."""
 
     __tablename__ = "plans"
 
@@ -272,6 +276,7 @@ class PlanRow(Base):
     body: Mapped[dict] = mapped_column(JSON)  # Plan.to_dict()
     live: Mapped[dict] = mapped_column(JSON, default=dict)  # ActivePlan as published
     bindings: Mapped[dict] = mapped_column(JSON, default=dict)  # worker -> queue applied
+    inputs: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class WorkerHeartbeat(Base):

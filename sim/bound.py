@@ -1,0 +1,237 @@
+"""A quality bound no online policy can beat in the simulator: a fluid LP over the trace.
+
+Why a relaxation, step by step (each step only widens what the simulator allows):
+
+- **Quality is a function of counts.** ``SimResult.fid_all`` is ``(sum over (window, pair)
+  groups of images * F_pair(r, d) + fallback FID * dropped) / queries``, where ``F_pair`` is
+  the bilinear FID surface (``sim.fid``) at the group's realised router share ``r`` and
+  discriminator reject share ``d``. A group costs ``(1 - r)`` light runs and
+  ``r + (1 - r) d`` heavy runs per image, which is bilinear in ``(r, d)`` too, so a group is
+  exactly a convex mix of the grid's corner points with the same cost and FID. Letting every
+  query pick its own mix of grid points (and single models, and a drop at the fallback's
+  FID and no cost) can only do better than the groups the simulator forms.
+- **Only worker time is scarce.** A worker runs a batch of ``b`` in ``batch_seconds(b)``,
+  so an image of model ``m`` costs at least ``1 / thr_m`` worker-seconds, ``thr_m`` its best
+  images per second over every batch size up to the largest profiled one. Swaps, the
+  discriminator's time, queueing, routing and batch formation are ignored (all cost time or
+  force choices); any model may run on any worker at any time.
+- **Deadlines per slot.** Time is cut into slots of ``slot_s`` (it divides the SLO). A query
+  arriving in slot ``i`` is on time only if all its runs happen between its arrival and its
+  deadline, so inside slots ``i .. i + SLO/slot_s``; the LP lets its work go anywhere in
+  them. Each slot has ``workers * slot_s`` worker-seconds. There is no late service: the
+  simulator starts a batch only when it ends by every member's deadline
+  (``policy.take_batch``), so a query is served on time or dropped (``tests/sim`` checks
+  that no run has a late query).
+
+Because only the scalar worker-seconds per image matters, each query's choice reduces to
+the lower convex hull of the ``(worker-seconds, FID)`` points of every configuration:
+``fid_at(cost)`` is that piecewise-linear convex function. The LP is solved with HiGHS
+(``scipy.optimize.linprog``). The simulator's accounting must credit an image to the model
+that made it (``sim.engine`` does: an image served by another model than its arrival-time
+pair names is counted as that model's single-model image), else a policy could be credited
+a heavy model's FID for a light model's time.
+
+Reported: ``min_violation`` (the least violation ratio any schedule reaches) and
+``fid_floor(v)`` (the least ``fid_all`` with a violation ratio at most ``v``;
+``fid_floor(0)`` is the floor at zero violations, ``None`` when zero violations are
+impossible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linprog
+
+from planner.cascade import CascadeConfig
+from planner.registry import Registry
+from sim.fid import FidSurface, fallback_model
+
+TOL = 1e-9
+
+
+def best_throughput(registry: Registry) -> dict[int, float]:
+    """Images per second of one worker at its best batch, over every batch size the
+    simulator may run (1 .. the largest profiled; ``batch_seconds`` interpolates)."""
+    return {m.id: max(b / m.batch_seconds(b) for b in range(1, m.batch_sizes[-1] + 1))
+            for m in registry}
+
+
+def config_points(grid: Iterable[CascadeConfig], registry: Registry, surface: FidSurface
+                  ) -> list[tuple[float, float, str]]:
+    """``(worker-seconds per image, FID, label)`` of every configuration the simulator can
+    credit: each single model, and each pair's grid point (the profiled ``r`` and ``d``
+    values plus 0 and 1, where the surface clips)."""
+    thr = best_throughput(registry)
+    pts: list[tuple[float, float, str]] = []
+    for m in registry:
+        try:
+            pts.append((1.0 / thr[m.id], surface.single(m.id), f"{m.id}"))
+        except KeyError:
+            continue
+    axes: dict[tuple[int, int], tuple[set[float], set[float]]] = {}
+    for c in grid:
+        if c.light != c.heavy and c.light in thr and c.heavy in thr:
+            rs, ds = axes.setdefault((c.light, c.heavy), ({0.0, 1.0}, {0.0, 1.0}))
+            rs.add(round(c.router_ratio, 9))
+            ds.add(round(c.disc_ratio, 9))
+    for (light, heavy), (rs, ds) in sorted(axes.items()):
+        for r in sorted(rs):
+            for d in sorted(ds):
+                runs_light, runs_heavy = 1.0 - r, r + (1.0 - r) * d
+                cost = runs_light / thr[light] + runs_heavy / thr[heavy]
+                pts.append((cost, surface.fid(light, heavy, r, d), f"{light}:{heavy}@{r:g},{d:g}"))
+    if not pts:
+        raise ValueError("no configuration with a profiled FID")
+    return pts
+
+
+def lower_hull(points: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """The vertices of the lower convex hull from the cheapest point to the best FID, cost
+    rising and FID falling: every point lies on or above the segments between them."""
+    pts = sorted(points, key=lambda p: (p[0], p[1]))
+    best = min(p[1] for p in pts)
+    hull: list[tuple[float, float, str]] = []
+    for p in pts:
+        if hull and p[0] == hull[-1][0]:
+            continue  # same cost, not better (sorted by FID within a cost)
+        if hull and p[1] >= hull[-1][1]:
+            continue  # costs more, no better
+        while len(hull) >= 2:
+            (x1, y1, _), (x2, y2, _) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:
+                hull.pop()  # hull[-1] lies on or above the segment hull[-2] .. p
+            else:
+                break
+        hull.append(p)
+        if p[1] <= best:
+            break
+    return hull
+
+
+@dataclass(frozen=True)
+class BoundResult:
+    min_violation: float  # least violation ratio reachable
+    fid_floor_zero: float | None  # least fid_all at zero violations (None: impossible)
+    queries: int
+
+
+class FluidBound:
+    """The fluid LP of one trace, workers, SLO and table (module doc)."""
+
+    def __init__(self, arrival_s: np.ndarray, registry: Registry, grid: Iterable[CascadeConfig],
+                 surface: FidSurface, workers: int, slo_s: float, slot_s: float | None = None
+                 ) -> None:
+        if workers <= 0 or slo_s <= 0:
+            raise ValueError("workers and slo_s must be > 0")
+        self.slot_s = slot_s if slot_s is not None else slo_s / 12.0
+        k = slo_s / self.slot_s
+        self.window = int(round(k))
+        if abs(k - self.window) > 1e-9 or self.window < 1:
+            raise ValueError(f"slot_s {self.slot_s} must divide the SLO {slo_s}")
+        self.hull = lower_hull(config_points(grid, registry, surface))
+        self.cost = np.array([h[0] for h in self.hull])
+        self.fid = np.array([h[1] for h in self.hull])
+        self.fallback_fid = fallback_model(registry, surface)[1]
+        t = np.asarray(arrival_s, dtype=float)
+        self.n = len(t)
+        cohort = np.floor(t / self.slot_s).astype(int)
+        self.arrivals = np.bincount(cohort, minlength=int(cohort.max()) + 1 if self.n else 0)
+        self.n_slots = len(self.arrivals) + self.window
+        self.capacity = workers * self.slot_s
+        self._build()
+
+    # -- the LP ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        """Variables, per non-empty cohort ``i``: images per hull vertex, drops, and
+        worker-seconds per slot ``i .. i + window``."""
+        h = len(self.hull)
+        cohorts = [i for i, a in enumerate(self.arrivals) if a > 0]
+        obj: list[float] = []
+        viol: list[float] = []
+        eq_rows, eq_cols, eq_vals, eq_rhs = [], [], [], []
+        ub_rows, ub_cols, ub_vals, ub_rhs = [], [], [], []
+        slot_terms: dict[int, list[int]] = {}
+        n_ub = 0
+        col = 0
+
+        def new(count: int, fid: Sequence[float] | float, v: float) -> range:
+            nonlocal col
+            cols = range(col, col + count)
+            obj.extend(list(fid) if isinstance(fid, Sequence | np.ndarray) else [fid] * count)
+            viol.extend([v] * count)
+            col += count
+            return cols
+
+        for i in cohorts:
+            on = new(h, self.fid, 0.0)
+            drop = new(1, self.fallback_fid, 1.0)
+            row = len(eq_rhs)
+            for c in (*on, *drop):
+                eq_rows.append(row)
+                eq_cols.append(c)
+                eq_vals.append(1.0)
+            eq_rhs.append(float(self.arrivals[i]))
+            last = i + self.window
+            work = new(last - i + 1, 0.0, 0.0)
+            # worker-seconds needed <= worker-seconds given
+            for c, cost in zip(on, self.cost, strict=True):
+                ub_rows.append(n_ub)
+                ub_cols.append(c)
+                ub_vals.append(float(cost))
+            for j, c in zip(range(i, last + 1), work, strict=True):
+                ub_rows.append(n_ub)
+                ub_cols.append(c)
+                ub_vals.append(-1.0)
+                slot_terms.setdefault(j, []).append(c)
+            ub_rhs.append(0.0)
+            n_ub += 1
+        for _j, cs in sorted(slot_terms.items()):
+            for c in cs:
+                ub_rows.append(n_ub)
+                ub_cols.append(c)
+                ub_vals.append(1.0)
+            ub_rhs.append(self.capacity)
+            n_ub += 1
+        self._n_vars = col
+        self._obj = np.array(obj)
+        self._viol = np.array(viol)
+        self._a_eq = sparse.csr_array((eq_vals, (eq_rows, eq_cols)), shape=(len(eq_rhs), col))
+        self._b_eq = np.array(eq_rhs)
+        self._a_ub = sparse.csr_array((ub_vals, (ub_rows, ub_cols)), shape=(n_ub, col))
+        self._b_ub = np.array(ub_rhs)
+
+    def _solve(self, cost: np.ndarray, max_violations: float | None) -> float | None:
+        a_ub, b_ub = self._a_ub, self._b_ub
+        if max_violations is not None:
+            a_ub = sparse.vstack([a_ub, sparse.csr_array(self._viol[None, :])]).tocsr()
+            b_ub = np.append(b_ub, max_violations)
+        res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=self._a_eq, b_eq=self._b_eq,
+                      bounds=(0, None), method="highs")
+        if res.status == 2:  # infeasible
+            return None
+        if res.status != 0:
+            raise RuntimeError(f"bound LP failed: {res.message}")
+        return float(res.fun)
+
+    def min_violation(self) -> float:
+        """The least violation ratio any schedule reaches on this trace."""
+        if not self.n:
+            return 0.0
+        got = self._solve(self._viol, None)
+        assert got is not None  # dropping everything is always feasible
+        return max(0.0, got) / self.n
+
+    def fid_floor(self, max_violation: float = 0.0) -> float | None:
+        """The least ``fid_all`` of any schedule with a violation ratio at most
+        ``max_violation``; None when no schedule gets that low."""
+        if not self.n:
+            return float("nan")
+        got = self._solve(self._obj, max_violation * self.n + TOL)
+        return None if got is None else got / self.n
+
+    def result(self) -> BoundResult:
+        return BoundResult(self.min_violation(), self.fid_floor(0.0), self.n)

@@ -1,0 +1,57 @@
+"""hadis-plus-fa (issue 21): the fid_all-aware overload fallback and its loss model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from planner.baselines import PLANNERS, make_planner
+from planner.plan import QueueState, verify_plan
+from planner.plus import PlusOptions, candidates, evaluate, predicted_loss
+from tests.plus.test_plus import HEAVY2, LIGHT0, data, state  # noqa: F401 (fixture)
+
+
+def test_predicted_loss_counts_a_stranded_backlog(data):  # noqa: F811
+    """A row that leaves the heavy backlog on a queue it gives no worker loses all of it,
+    whatever its light capacity."""
+    table = data[0]
+    st = state(table, 60.0, {LIGHT0: QueueState(400, 50.0), HEAVY2: QueueState(300, 5.0)})
+    cand = candidates(st.table, st.registry, st.workers, st.slo_s)
+    ev = evaluate(cand, st, 60.0, PlusOptions())
+    loss = predicted_loss(cand, ev, st, 60.0)
+    work = 60.0 * st.slo_s + 400 + 300
+    assert np.all((loss >= 0) & (loss <= 1))
+    strands = ev.stranded > 0
+    assert strands.any() and (~strands).any()
+    assert np.all(loss[strands] >= 300 / work - 1e-9)
+
+
+def test_overload_takes_the_best_fid_within_the_loss_tolerance(data):  # noqa: F811
+    table = data[0]
+    st = state(table, 200.0, {LIGHT0: QueueState(900, 150.0)})
+    fa = make_planner("hadis-plus-fa")
+    p = fa.plan(st)
+    assert p.overloaded and 0 < p.served_fraction < 1
+    assert verify_plan(p, replace(st, demand=p.demand, queues={})) == []
+    cand = candidates(st.table, st.registry, st.workers, st.slo_s)
+    loss = predicted_loss(cand, evaluate(cand, st, 200.0, fa.options), st, 200.0)
+    near = loss <= loss.min() + fa.options.overload_tolerance + 1e-9
+    assert p.config.fid == pytest.approx(cand.fid[near].min())
+    assert not near.all()  # the tolerance does leave candidates out
+
+
+def test_registered_and_keeps_nothing_between_calls(data):  # noqa: F811
+    assert "hadis-plus-fa" in PLANNERS
+    fa = make_planner("hadis-plus-fa")
+    assert fa.name == "hadis-plus-fa" and fa.options.overload_loss
+    before = dict(vars(fa))
+    st = state(data[0], 50.0, {LIGHT0: QueueState(500, 45.0)})
+    first = fa.plan(st)
+    second = fa.plan(st)
+    assert vars(fa) == before
+    assert (first.config, first.workers, first.batch) == (second.config, second.workers,
+                                                          second.batch)
+    nxt = fa.plan(replace(st, previous=first))
+    assert nxt.planner == "hadis-plus-fa"
