@@ -9,7 +9,8 @@ average; the last line is one JSON object:
 
 - ``frontdoor_rps``: sustained requests/s through the front door (HTTP, JSON parse, router,
   SQL row, Celery message into Redis) with ``--threads`` keep-alive clients for
-  ``--seconds``; no worker consumes, so this is the rate *into* Redis;
+  ``--seconds``; no worker consumes, so this is the rate *into* Redis (requests that
+  arrive together at a front-door process are accepted as one batch: ``docs/web.md``);
   ``frontdoor_vs_bare``: that rate over ``bare_apply_async_rps``;
 - ``frontdoor_added_ms_p50/p99``: per request, request in to message enqueued (the
   ``X-Hadis-Added-Ms`` header the front door measures), under that load; the

@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="at most this many arrivals")
     ap.add_argument("--planner", default="hadis", choices=list(PLANNERS),
                     help="planner of both runs")
+    ap.add_argument("--switch-cost", action="store_true",
+                    help="hadis only: the wrapper's switch-cost check on both sides "
+                         "(HadisPlanner(switch_cost=True); live: HADIS_SWITCH_COST=1)")
     ap.add_argument("--runs", type=int, default=1,
                     help="repeat the whole run (a fresh stack each); print each and the spread")
     ap.add_argument("--solver", default="highs", help="MILP solver of both runs")
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--time-scale must be positive")
     if args.runs < 1:
         ap.error("--runs must be at least 1")
+    if args.switch_cost and args.planner != "hadis":
+        ap.error("--switch-cost is an option of the hadis planner")
     if args.runs == 1:
         out = one_run(args, args.out)
         print(json.dumps(out))
@@ -219,7 +224,8 @@ def one_run(args: argparse.Namespace, out_dir: str) -> dict:
     port = _free_port()
     env = dict(os.environ, HADIS_BROKER_URL=args.redis, HADIS_REDIS_URL="",
                HADIS_IMAGE_DIR=str(tmp / "images"), PYTHONUNBUFFERED="1",
-               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               HADIS_SWITCH_COST="1" if args.switch_cost else "0")
     up_cmd = [sys.executable, "-m", "hadis_celery.cli", "up", "--workers", str(args.workers),
               "--port", str(port), "--time-factor", repr(k),
               "--plan-period", repr(s.period_s * k), "--planner", args.planner,
@@ -277,7 +283,9 @@ def one_run(args: argparse.Namespace, out_dir: str) -> dict:
             # simulator's default start (demand 1, first period's rate taken as it is)
             demand = EwmaDemand(sc.half_life_s, initial=0.0 if cold else None)
             return Simulation(w, sc.registry, sc.table,
-                              make_planner(args.planner, solver=args.solver), demand,
+                              make_planner(args.planner, solver=args.solver,
+                                           **({"switch_cost": True} if args.switch_cost
+                                              else {})), demand,
                               sc.surface, replace(s, initial_demand=0.0) if cold else s,
                               theta_for=sc.router.threshold_for, name="sim").run()
 
@@ -308,7 +316,8 @@ def one_run(args: argparse.Namespace, out_dir: str) -> dict:
             "arrivals": len(arrivals), "start_s": args.start, "duration_s": args.duration,
             "settings": {"slo_s": s.slo_s, "period_s": s.period_s,
                          "half_life_s": sc.half_life_s, "swap_delay_s": s.swap_delay_s,
-                         "planner": args.planner, "solver": args.solver},
+                         "planner": args.planner, "solver": args.solver,
+                         "switch_cost": bool(args.switch_cost)},
             "t0": run.t0,
             "live": _fig(live), "sim": _fig(sim), "diff": diff,
             "sim_default_start": _fig(sim_default),

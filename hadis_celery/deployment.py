@@ -454,13 +454,13 @@ def read_table(source: str, registry: Registry, *, version: int | None = None,
 def _sql_table(name: str, version: int | None, url: str | None) -> ProfileTable:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from hadis_celery import db, models
+    from hadis_celery import db, tables
 
     engine = db.make_engine(url)
     which = f"version {version} of " if version is not None else ""
     try:
         with db.transaction(engine) as s:
-            row = models.get_profile(s, name, version)
+            row = tables.get_profile(s, name, version)
             if row is None:
                 raise DeploymentError(f"no profile {which}{name!r} in {db.database_url(url)} "
                                       "(see hadis profile list)")

@@ -258,7 +258,7 @@ SWAP_SAMPLES = 5  # the swap time of a model: the median of its last few measure
 
 
 def record_load(engine: Engine, **values: object) -> None:
-    """One measured model load (``models.ModelLoad``: model, worker, backend, kind, load_s,
+    """One measured model load (``tables.ModelLoad``: model, worker, backend, kind, load_s,
     warmup_s, at)."""
     with transaction(engine) as s:
         s.add(ModelLoad(**values))

@@ -15,6 +15,9 @@ lost worker or message, recovering after Redis lost its data) does the same thin
    so nothing half-accepted is left. The error is then raised to the caller, which decides
    whether to go on (a worker) or stop (the beat, the front door's 503).
 
+``dispatch`` sends one by one; ``dispatch_many`` is its batch form (the front door's
+micro-batch: one multi-row write, one pipeline), where each message keeps its own outcome.
+
 The message layout ``[query_id, queue, attempt, sent_at(, swapped)]`` is written by
 ``GenerateMessage.args`` and read by ``GenerateMessage.from_args`` (the task
 ``workers.tasks.generate`` and ``decode``, which reads a raw kombu envelope from a queue list).
@@ -43,7 +46,7 @@ class _Sender(Protocol):  # a Celery app, as far as sending is concerned
     def send_task(self, name: str, *args: object, **kwargs: object) -> object: ...
 
 
-class _Row(Protocol):  # a query row (``models.QueryRow``), as far as its message is concerned
+class _Row(Protocol):  # a query row (``tables.QueryRow``), as far as its message is concerned
     id: str
     queue: str
     attempts: int | None

@@ -33,7 +33,7 @@ from planner.plan import (
     routed_load,
     utilisation,
 )
-from planner.plus import HadisPlusPlanner, hadis_plus_fa
+from planner.plus import HadisPlusPlanner, hadis_plus_fa, hadis_plus_fh
 
 RATIO_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 # DiffServe's light model is a distilled few-step model: at least this many times faster
@@ -426,6 +426,7 @@ PLANNERS: dict[str, Callable[..., object]] = {
     "cache-d+q": CacheDQPlanner,
     "hadis-plus": HadisPlusPlanner,
     "hadis-plus-fa": hadis_plus_fa,
+    "hadis-plus-fh": hadis_plus_fh,
 }
 
 

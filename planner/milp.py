@@ -547,7 +547,10 @@ def same_config(a: CascadeConfig, b: CascadeConfig) -> bool:
 
 
 class HadisPlanner:
-    """HADIS: the MILP over the whole configuration table, with hysteresis.
+    """HADIS: the MILP over the whole configuration table, with hysteresis, and with
+    ``switch_cost=True`` a switch-cost check (``_switch_check``: a configuration change
+    must absorb the backlog it moves and its workers' swap time, or the previous
+    configuration is kept).
 
     ``solver``: "gurobi" (default; falls back to HiGHS when Gurobi is missing, unlicensed
     or the model exceeds its size-limited licence, unless ``fallback=False``) or "highs".
@@ -558,16 +561,21 @@ class HadisPlanner:
     def __init__(self, solver: str = "gurobi", *, fallback: bool = True,
                  safety: float = SAFETY, hysteresis: Hysteresis | None = None,
                  spread: bool = True, time_limit_s: float = TIME_LIMIT_S,
-                 name: str | None = None, routing: str = "score") -> None:
+                 name: str | None = None, routing: str = "score",
+                 switch_cost: bool = False, swap_delay_s: float = 10.0) -> None:
         self.solver = solver
         self.fallback = fallback
         self.safety = safety
         self.hysteresis = Hysteresis() if hysteresis is None else hysteresis
+        self.swap_delay_s = float(swap_delay_s)
         self.spread = spread
         self.time_limit_s = time_limit_s
         self.routing = routing
         if name is not None:
             self.name = name
+        # the switch-cost check (``_switch_check``), opt-in: off, the wrapper decides as
+        # the paper's HADIS (FID hysteresis only), which the experiments compare against
+        self.switch_cost = bool(switch_cost)
 
     def table(self, state: PlannerState) -> Sequence[CascadeConfig]:
         """The rows this planner may choose from (baselines override)."""
@@ -584,6 +592,10 @@ class HadisPlanner:
         table = self.table(state)
         plan = self._plan(state, table)
         prev = state.previous
+        if self.switch_cost and prev is not None and prev.planner == self.name:
+            kept = self._switch_check(state, table, plan, prev)
+            if kept is not None:
+                return kept
         if (prev is None or prev.planner != self.name or plan.overloaded
                 or same_config(prev.config, plan.config)
                 or not self.hysteresis.keep_previous(prev.config.fid, plan.fid)):
@@ -600,3 +612,61 @@ class HadisPlanner:
         return replace(kept, solve_ms=plan.solve_ms + kept.solve_ms,
                        note=(f"hysteresis: kept the previous configuration "
                              f"(FID {row.fid:g} vs {plan.fid:g})"))
+
+    def _switch_check(self, state: PlannerState, table: Sequence[CascadeConfig], plan: Plan,
+                      prev: Plan) -> Plan | None:
+        """The previous configuration, re-planned, when switching to ``plan`` costs more
+        than it can absorb; None: the switch (or no switch) stands.
+
+        The MILP charges each queue Little's law per queue *name*, but a switch moves a
+        workerless queue's backlog to the new plan's queue of the same role
+        (``policy.orphan_destination``) and makes moved workers load weights first. Seen
+        per name, the new configuration's queues look empty and the old one's full, so
+        HADIS flees its own backlog and flees back next period: a swap and a moved backlog
+        every period (issue 23). Here a switch is judged by what it inherits: every role's
+        backlog drained at the service rate of the workers the plan gives that role,
+        those that change model serving nothing for the swap time, and no backlog left on a
+        role the plan does not serve (``planner.plus.plus_problems``, the one
+        implementation of that model). When the switch fails that test and the previous
+        configuration, sized for the demand, passes it, or when the switch leaves a role's
+        backlog without workers and the previous configuration does not (stranded work waits
+        for the next switch back, or for its deadline), the previous one is kept."""
+        from planner.plus import PlusOptions, plus_problems  # plus builds on this module
+
+        if same_config(prev.config, plan.config):
+            return None
+        row = next((c for c in table if same_config(c, prev.config)), None)
+        if row is None:
+            return None
+        opt = PlusOptions(swap_delay_s=self.swap_delay_s)
+        switch_problems = plus_problems(plan, state, opt)
+        if plan.overloaded and not plan.backlog_ignored:
+            switch_problems = switch_problems or ["overloaded"]
+        if not switch_problems:
+            return None
+        try:  # the previous row for this demand; its backlog is judged by the drain model
+            kept = self._plan(replace(state, queues={}), [row],
+                              index=build_index([row], presolve=False))
+        except PlannerInputError:
+            return None
+        if kept.overloaded:
+            return None
+        if plus_problems(kept, state, opt) and not (_strands(plan, state)
+                                                    and not _strands(kept, state)):
+            return None  # both fail: the switch stands unless it alone strands a backlog
+        return replace(kept, solve_ms=plan.solve_ms + kept.solve_ms, note=(
+            f"switch cost: kept the previous configuration; the switch to pair "
+            f"{plan.config.light}:{plan.config.heavy} cannot absorb what it inherits "
+            f"({'; '.join(switch_problems)[:160]})"))
+
+
+def _strands(plan: Plan, state: PlannerState) -> bool:
+    """Whether ``plan`` leaves queued work of a role (light, heavy) on queues without
+    workers: a role its configuration does not route to (a single-model row serves both)."""
+    from planner.plus import role_backlog
+
+    light, heavy = role_backlog(state)
+    if plan.config.light == plan.config.heavy:
+        return False
+    roles = routed_load(plan.config)
+    return (light > 0 and "light" not in roles) or (heavy > 0 and "heavy" not in roles)

@@ -4,15 +4,19 @@ Order of work for ``POST /v1/generations`` (SQL is the record, Redis the transpo
 
 0. the per-client rate limit (``flask-limiter``, a moving window in Redis), before the body
    is read (``create_app``);
-1. validate the body (``parse_request``) and score the prompt with the router;
-2. one Redis round trip: the active plan and the image store's fault flag;
-3. route the prompt (``policy.route``: score vs θ of the active plan), stamp the deadline;
-4. write the query row (status ``queued``), one Core ``INSERT``;
-5. send the Celery message with the demand counters, one Redis round trip
-   (``webapp.publish``), through ``hadis_celery.transport.dispatch`` (row first, then
-   message); if that fails the row is deleted and the client gets 503, so
+1. validate the body (``parse_request``);
+2. join the micro-batch (``FrontDoor.submit``): requests that arrive while another is being
+   accepted wait and are then accepted together by one thread; a lone request goes at once;
+3. score the batch's prompts with the router (one ``score_many`` batch);
+4. one Redis round trip: the active plan and the image store's fault flag;
+5. route each prompt (``policy.route``: score vs θ of the active plan), stamp its deadline;
+6. write the query rows (status ``queued``), one Core multi-row ``INSERT``;
+7. send the Celery messages with the demand counters, one Redis pipeline
+   (``webapp.publish``), through ``hadis_celery.transport.dispatch_many`` (rows first, then
+   messages); a message that cannot be sent deletes its row and its client gets 503, so
    nothing is half-written (and a row whose message is lost later is re-sent by the
-   sweeper).
+   sweeper). Every request keeps its own outcome: one refused prompt or one unsent message
+   fails that request only.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from hadis_celery import store, transport
 from hadis_celery.live import PLAN_KEY, STORAGE_KEY, LiveState
@@ -140,11 +145,11 @@ def _draw(query_id: str) -> float:
 class FrontDoor:
     """Everything ``POST /v1/generations`` touches, injected (tests swap any part).
 
-    A request costs the router score, one Redis round trip (the plan and the storage
-    flag), one SQL ``INSERT`` (SQLAlchemy Core: the ORM's unit of work cost about three
-    times the statement here) and one Redis round trip for the message and the demand
-    counters (``webapp.publish``). The rate limit is checked before any of it
-    (``flask-limiter``, in ``create_app``)."""
+    A batch of requests costs one router batch, one Redis ``MGET`` (the plan and the
+    storage flag), one SQL ``INSERT`` (SQLAlchemy Core: the ORM's unit of work cost about
+    three times the statement here) and one Redis pipeline for the messages and the demand
+    counters (``webapp.publish``); a lone request is a batch of one. The rate limit is
+    checked before any of it (``flask-limiter``, in ``create_app``)."""
 
     def __init__(self, s: Settings, engine: Engine, live: LiveState, celery_app: Celery,
                  router, registry: Registry) -> None:
@@ -164,12 +169,9 @@ class FrontDoor:
         self.batched = 0
 
     def state(self) -> tuple[ActivePlan | None, bool]:
-        """The active plan and whether the image store is faulted: one round trip; the
-        plan is parsed again only when its JSON changed."""
-        pipe = self.live.r.pipeline(transaction=False)
-        pipe.get(PLAN_KEY)
-        pipe.exists(STORAGE_KEY)
-        raw, fault = pipe.execute()
+        """The active plan and whether the image store is faulted: one ``MGET`` (cheaper
+        than a pipeline); the plan is parsed again only when its JSON changed."""
+        raw, fault = self.live.r.mget(PLAN_KEY, STORAGE_KEY)  # (the flag is a string key)
         if raw is None:
             return None, bool(fault)
         if raw != self._plan_raw:  # a race here parses twice, never wrongly
@@ -245,16 +247,14 @@ class FrontDoor:
                 out.append(exc)
         return out
 
-    def accept(self, batch: Sequence[Submission],
-               scores: Sequence[float | BaseException] | None = None) -> None:
+    def accept(self, batch: Sequence[Submission]) -> None:
         """Accept ``batch`` together and set each one's outcome (``row``/``added`` or
-        ``error``, then ``done``); never raises an ``Exception``. ``scores``: the router's,
-        when the caller scored the batch already (``_scores``). The rules are one
-        request's: the row is written first, then its message; a message that cannot be
+        ``error``, then ``done``); never raises an ``Exception``. The rules are those of
+        one request: the row is written first, then its message; a message that cannot be
         sent deletes its row (``transport.dispatch_many``), so a refused request leaves
         nothing behind."""
         try:
-            self._accept(batch, self._scores(batch) if scores is None else scores)
+            self._accept(batch, self._scores(batch))
         except BaseException as exc:  # e.g. SQL down: every request not yet answered
             for b in batch:
                 if not b.done:
@@ -303,14 +303,15 @@ class FrontDoor:
         by_id = {b.values["id"]: b for b in todo}
 
         def insert() -> list[GenerateMessage]:
-            """One multi-row ``INSERT``; when it fails for several, one by one, so a row
-            SQL refuses fails its own request only."""
+            """One multi-row ``INSERT``; when SQL refuses it (not when SQL is down),
+            one by one, so a row SQL refuses fails its own request only."""
             try:
                 with self.engine.begin() as conn:
                     conn.execute(self._insert, [b.values for b in todo])
                 written = todo
-            except Exception:
-                if len(todo) == 1:
+            except DBAPIError as exc:
+                if len(todo) == 1 or exc.connection_invalidated or isinstance(
+                        exc, OperationalError):
                     raise
                 written = []
                 for b in todo:

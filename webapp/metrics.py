@@ -287,6 +287,12 @@ def _setup(state) -> None:
         parked.labels(kind).set_function(
             lambda k=kind: getattr(app.extensions.get("hadis_poller"),
                                    "parked" if k == "now" else "peak", 0))
+    door = app.extensions["hadis"]
+    batching = Gauge("hadis_frontdoor_batches", "this process's accept batches "
+                     "(webapp.frontdoor: requests that arrive together are taken as one); "
+                     "kind=requests / kind=batches is the mean batch", ["kind"], registry=reg)
+    batching.labels("batches").set_function(lambda: door.batches)
+    batching.labels("requests").set_function(lambda: door.batched)
     app.extensions["hadis_metrics"] = reg
     app.extensions["hadis_requests"] = requests
 

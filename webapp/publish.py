@@ -9,7 +9,8 @@ Celery task protocol 2) and the envelope is the one kombu's Redis transport ``LP
 (``prepare_message`` then ``basic_publish`` on the anonymous exchange), so a worker
 cannot tell the two apart; ``tests/web/test_production.py`` compares them field by field
 with a message ``send_task`` wrote. Brokers other than plain Redis (or with a key prefix)
-go through ``send_task`` as before.
+go through ``send_task`` as before. ``send_many`` is the same for the front door's
+micro-batch: every message of the batch and the counters in one pipeline.
 """
 
 from __future__ import annotations

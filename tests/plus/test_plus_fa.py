@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from planner.baselines import PLANNERS, make_planner
-from planner.plan import QueueState, verify_plan
+from planner.plan import Plan, QueueState, verify_plan
 from planner.plus import PlusOptions, candidates, evaluate, predicted_loss
 from tests.plus.test_plus import HEAVY2, LIGHT0, data, state  # noqa: F401 (fixture)
 
@@ -55,3 +56,33 @@ def test_registered_and_keeps_nothing_between_calls(data):  # noqa: F811
                                                           second.batch)
     nxt = fa.plan(replace(st, previous=first))
     assert nxt.planner == "hadis-plus-fa"
+
+
+def test_plans_for_the_mean_rate_measured_over_its_horizon(data):  # noqa: F811
+    """hadis-plus-fh plans for the mean front-door rate of the last ``horizon_slo`` SLOs,
+    kept in ``Plan.memory``: from the first measured period on (not the EWMA, which starts
+    at 1 q/s), and a period far above the window's mean moves it by its share only."""
+    fa = make_planner("hadis-plus-fh")
+    assert fa.options.horizon_slo > 0 and make_planner("hadis-plus-fa").options.horizon_slo == 0
+    st = state(data[0], 1.0, slo=30.0)
+    first = fa.plan(st)  # nothing measured: the EWMA
+    assert first.demand == pytest.approx(1.0) and first.memory["rates"] == []
+    n = round(fa.options.horizon_slo * 30.0 / fa.options.rate_window_s)
+    memory, measured = first, []
+    for k in range(n + 3):
+        rate = 20.0 if k != n + 2 else 80.0
+        measured.append(rate)
+        # the queues' arrivals count a rerouted query twice: observed_rate undoes that
+        c = memory.config
+        twice = 0.0 if c.light == c.heavy else (1 - c.router_ratio) * c.disc_ratio
+        prev = json.loads(json.dumps(memory.to_dict()))  # as the live beat stores it
+        st_k = state(data[0], 5.0, {LIGHT0: QueueState(0, rate * (1 + twice))},
+                     previous=Plan.from_dict(prev), slo=30.0)
+        memory = fa.plan(st_k)
+        assert memory.demand == pytest.approx(np.mean(measured[-n:]))
+    assert len(memory.memory["rates"]) == n
+    assert memory.demand < 80.0 / 2  # the spike moves the plan by 1/n of its excess
+
+
+def test_horizon_off_by_default_so_hadis_plus_figures_stay():
+    assert PlusOptions().horizon_slo == 0 and not PlusOptions().warm_start

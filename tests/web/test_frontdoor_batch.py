@@ -120,10 +120,21 @@ def test_concurrent_http_posts_are_each_served(stack):
             assert resp.status == 202
             return json.loads(resp.read())
 
+    def batching() -> dict[str, float]:
+        with urllib.request.urlopen(f"{stack.url}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        return {k: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                for k in ("batches", "requests")
+                if line.startswith(f'hadis_frontdoor_batches{{kind="{k}"}}')}
+
+    before = batching()
     with ThreadPoolExecutor(N) as pool:
         got = list(pool.map(post, range(N)))
     ids = [g["id"] for g in got]
     assert len(set(ids)) == N
+    after = batching()  # /metrics shows the batches: every request in one, at most N of them
+    assert after["requests"] - before["requests"] == N
+    assert 1 <= after["batches"] - before["batches"] <= N
     for qid in ids:
         assert stack.wait_done(qid)["status"] == "done"
 
@@ -201,3 +212,29 @@ def test_no_plan_fails_every_request_of_the_batch(stack, web_router):
         if saved is not None:
             r.set(PLAN_KEY, saved)
     assert all(isinstance(b.error, ApiError) and b.error.code == "no_plan" for b in batch)
+
+
+def test_a_row_sql_refuses_fails_alone(stack, web_router):
+    """One row of the batch is refused by SQL (PostgreSQL: a queue name over the column's
+    64 characters; SQLite does not check lengths and keeps it): the batch is inserted row
+    by row, that request fails with the SQL error and sends nothing, the others are
+    accepted and sent."""
+    from sqlalchemy.exc import DBAPIError
+
+    stack.use_plan(default_plan())
+    door = _door(stack, web_router)
+    r = redis.Redis.from_url(BROKER)
+    ok, long = f"probe_{uuid.uuid4().hex[:8]}", "q" * 100
+    batch = [Submission(GenerationRequest(f"a tin robot {i}", None, None), "batch-test",
+                        time.time(), pin=_pin(long if i == 1 else ok)) for i in range(3)]
+    door.accept(batch)
+    good = [batch[0], batch[2]]
+    assert all(b.error is None and b.row is not None for b in good)
+    assert sorted(_queued(r, ok)) == sorted(b.row.id for b in good)
+    if stack.kind == "postgresql":
+        assert isinstance(batch[1].error, DBAPIError) and batch[1].row is None
+        assert store.get_query(door.engine, batch[1].values["id"]) is None
+        assert r.llen(long) == 0
+    else:
+        assert batch[1].row is not None and _queued(r, long) == [batch[1].row.id]
+    r.delete(ok, long)
