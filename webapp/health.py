@@ -38,7 +38,12 @@ def health():
         out["storage"] = "unknown"
     ok = (out["redis"] == "ok" and out["sql"] == "ok"
           and not out["storage"].startswith("unwritable"))
-    resp = jsonify(out)
+    return _answer(ok, out)
+
+
+def _answer(ok: bool, body: dict):
+    """200, or 503 with ``Retry-After`` (a probe or a client backs off, then asks again)."""
+    resp = jsonify(body)
     resp.status_code = 200 if ok else 503
     if not ok:
         resp.headers["Retry-After"] = str(RETRY_AFTER_S)
@@ -75,12 +80,7 @@ def checks() -> tuple[dict, list[dict]]:
 
 @bp.get("/readyz")
 def readyz():
-    ok, body = readiness(*checks())
-    resp = jsonify(body)
-    resp.status_code = 200 if ok else 503
-    if not ok:
-        resp.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return resp
+    return _answer(*readiness(*checks()))
 
 
 @bp.get("/v1/models/readiness")
