@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=4,
                     help="B of the pipeline phase's plan (workers drain up to B queued)")
     ap.add_argument("--time-factor", type=float, default=0.1,
-                    help="replay factor (SDXL-Lightning batch 1: 0.5 s x factor)")
+                    help="replay factor (the example's fastest model: 0.5 s x factor)")
     args = ap.parse_args(argv)
     with _database(args.database, args.postgres) as url:
         return _run(args, url)

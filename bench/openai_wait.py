@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--probe-timeout", type=float, default=5.0)
     ap.add_argument("--time-factor", type=float, default=0.01,
-                    help="replay factor of the served phase (SDXL-Lightning b1: 0.5 s x)")
+                    help="served phase replay factor (fastest model: 0.5 s x factor)")
     ap.add_argument("--no-baseline", action="store_true")
     args = ap.parse_args(argv)
     with _database(args.database, args.postgres) as url:
