@@ -22,7 +22,9 @@ perturbation that small. ``replay`` plans the live run's recorded planner inputs
 (``hadis plan replay``): periods where the planner, given what the beat saw, decides
 otherwise than it did live. ``--runs N`` repeats the whole run N times (a fresh stack
 each) and prints each run and the spread (min / median / max) of the violation ratio, FID
-and plan changes, live and simulated. ``--planner`` (any of ``PLANNERS``),
+and plan changes, live and simulated. HADIS runs with its switch-cost check on both
+sides, as the live stack does by default (``--no-switch-cost``: the paper's wrapper, which
+flip-flops between pairs on this trace; docs/testbed.md). ``--planner`` (any of ``PLANNERS``),
 ``--start/--duration/--limit`` (a slice) and ``--keep`` (keep the database and logs) are
 for investigations.
 """
@@ -138,9 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="at most this many arrivals")
     ap.add_argument("--planner", default="hadis", choices=list(PLANNERS),
                     help="planner of both runs")
-    ap.add_argument("--switch-cost", action="store_true",
+    ap.add_argument("--switch-cost", action=argparse.BooleanOptionalAction, default=None,
                     help="hadis only: the wrapper's switch-cost check on both sides "
-                         "(HadisPlanner(switch_cost=True); live: HADIS_SWITCH_COST=1)")
+                         "(HadisPlanner(switch_cost=True); live: HADIS_SWITCH_COST=1); on by "
+                         "default, as in the live stack; --no-switch-cost: the paper's wrapper")
     ap.add_argument("--runs", type=int, default=1,
                     help="repeat the whole run (a fresh stack each); print each and the spread")
     ap.add_argument("--solver", default="highs", help="MILP solver of both runs")
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--runs must be at least 1")
     if args.switch_cost and args.planner != "hadis":
         ap.error("--switch-cost is an option of the hadis planner")
+    args.switch_cost = args.planner == "hadis" and args.switch_cost is not False
     if args.runs == 1:
         out = one_run(args, args.out)
         print(json.dumps(out))
@@ -306,6 +310,10 @@ def one_run(args: argparse.Namespace, out_dir: str) -> dict:
                                           {m: q[o] for m, q in wl.quality.items()}))
             spread.append((res.slo_violation_ratio, res.fid))
         replayed = replay_recorded(db_url, str(table_path), load_profile, replay_rows)
+        lengths = replayed.pop("lengths")
+        for t in live.timeline:  # what the beat saw per queue, next to the simulator's
+            if t.get("plan_id") in lengths:
+                t["lengths"] = lengths[t["plan_id"]]
         slo_wall_ms = s.slo_s * k * 1000
         fastest_ms = min(m.latency_b1 for m in sc.registry) * k * 1000
         # what one query can pay on top of the model: the p99 of each part, added up
@@ -377,8 +385,10 @@ def replay_recorded(db_url: str, profile: str, load_profile, replay_rows) -> dic
     table, registry, _ = load_profile(profile, None, db_url)
     out = replay_rows(rows, table, registry, lookup=lookup)
     differ = [r for r in out if r.differs]
+    lengths = {r.id: {q: int(v[0]) for q, v in dict(r.inputs.get("queues") or {}).items()
+                      if int(v[0])} for r in rows}
     return {"plans": len(out), "differ": len(differ),
-            "first_differing": [r.to_dict() for r in differ[:5]]}
+            "first_differing": [r.to_dict() for r in differ[:5]], "lengths": lengths}
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -169,12 +168,11 @@ def move_orphans(app: Celery, live: LiveState, engine: Engine, plan: policy.Acti
 def planner_options(s: Settings) -> dict:
     """What hadis-plus must know of the live loop, in profile time: the period a measured
     rate covers, the EWMA's lag (half-life / ln 2) and the swap delay; HADIS's switch-cost
-    check (``HADIS_SWITCH_COST=1``: on, ``planner.milp.HadisPlanner._switch_check``), the
-    swap delay of a model without a measured or declared swap time."""
+    check (``Settings.switch_cost``, on unless ``HADIS_SWITCH_COST=0``:
+    ``planner.milp.HadisPlanner._switch_check``), the swap delay of a model without a
+    measured or declared swap time."""
     if s.planner == "hadis":
-        if os.environ.get("HADIS_SWITCH_COST", "").strip().lower() in ("1", "true", "yes", "on"):
-            return {"switch_cost": True, "swap_delay_s": s.swap_delay_s}
-        return {}
+        return {"switch_cost": True, "swap_delay_s": s.swap_delay_s} if s.switch_cost else {}
     if s.planner != "hadis-plus":
         return {}
     tf = s.time_factor if s.time_factor > 0 else 1.0

@@ -61,6 +61,10 @@ class Settings:
     max_slo_s: float = field(default_factory=lambda: _float("HADIS_MAX_SLO_S", 3600.0))
     plan_period_s: float = field(default_factory=lambda: _float("HADIS_PLAN_PERIOD_S", 10.0))
     planner: str = field(default_factory=lambda: _env("HADIS_PLANNER", "hadis"))
+    # HADIS's switch-cost check (issue 23): on, a configuration change must absorb the
+    # backlog it moves and its swaps, so the live planner does not flip-flop between pairs.
+    # Off (HADIS_SWITCH_COST=0): the paper's wrapper, which the simulator's experiments use.
+    switch_cost: bool = field(default_factory=lambda: _bool("HADIS_SWITCH_COST", True))
     solver: str = field(default_factory=lambda: _env("HADIS_SOLVER", "highs"))
     demand_half_life_s: float = field(
         default_factory=lambda: _float("HADIS_DEMAND_HALF_LIFE_S", 30.0))
@@ -170,6 +174,7 @@ ENV_NAMES = {
     "time_factor": "HADIS_TIME_FACTOR", "swap_delay_s": "HADIS_SWAP_DELAY_S",
     "slo_s": "HADIS_SLO_S", "max_slo_s": "HADIS_MAX_SLO_S",
     "plan_period_s": "HADIS_PLAN_PERIOD_S", "planner": "HADIS_PLANNER",
+    "switch_cost": "HADIS_SWITCH_COST",
     "solver": "HADIS_SOLVER", "demand_half_life_s": "HADIS_DEMAND_HALF_LIFE_S",
     "worker_budget": "HADIS_WORKERS", "api_keys": "HADIS_API_KEYS",
     "operator_keys": "HADIS_OPERATOR_KEYS",
@@ -194,6 +199,10 @@ _EMBEDDED = {"profile": str(DEFAULT_PROFILE), "router_profile": DEFAULT_ROUTER_P
              "image_dir": Path("var/images"), "image_store": "", "disc_head": None}
 
 
+class SettingsError(ValueError):
+    """A ``HADIS_*`` variable that cannot be read (the CLI prints it as one ``Error:`` line)."""
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
@@ -205,7 +214,18 @@ def _float(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name}={raw!r}: not a number") from exc
+        raise SettingsError(f"{name}={raw!r}: not a number") from exc
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: not a yes/no value (1/0, true/false, yes/no, on/off)")
 
 
 def _duration(name: str) -> float:
@@ -215,7 +235,7 @@ def _duration(name: str) -> float:
     try:
         return parse_duration(raw) if raw.strip() else 0.0
     except ValueError as exc:
-        raise ValueError(f"{name}={raw!r}: {exc}") from exc
+        raise SettingsError(f"{name}={raw!r}: {exc}") from exc
 
 
 def settings() -> Settings:

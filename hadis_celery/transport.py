@@ -29,6 +29,7 @@ import base64
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -117,6 +118,32 @@ def decode(raw: bytes) -> GenerateMessage | None:
         return GenerateMessage.from_args(json.loads(body)[0], raw)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
+
+
+def plain_redis(app) -> bool:
+    """Whether the broker is a plain Redis (no key prefix), whose queue lists the stack may
+    read and write directly (``envelope``, ``LiveState.drain``/``push_back``)."""
+    url = str(app.conf.broker_url or "")
+    opts = app.conf.broker_transport_options or {}
+    return url.startswith("redis://") and not opts.get("global_keyprefix")
+
+
+def envelope(app, msg: GenerateMessage, now: float | None = None) -> bytes:
+    """The JSON envelope kombu's Redis transport would push for ``publish(app, msg)``:
+    Celery's own headers and body (``app.amqp.as_task_v2``, task protocol 2) in kombu's
+    envelope, so a worker cannot tell the two apart (``tests/web/test_production.py``
+    compares them field by field). What lets a sender put a message where ``send_task``
+    cannot: at the head of a list (a message handed back keeps its place in line)."""
+    task_id = str(uuid.uuid4())
+    m = app.amqp.as_task_v2(task_id, GENERATE_TASK, args=msg.args(now), kwargs={},
+                            ignore_result=True)
+    body = json.dumps(m.body).encode()
+    props = {**m.properties, "reply_to": app.thread_oid, "delivery_mode": 2,
+             "delivery_info": {"exchange": "", "routing_key": msg.queue}, "priority": 0,
+             "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}
+    env = {"body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
+           "content-type": "application/json", "headers": m.headers, "properties": props}
+    return json.dumps(env).encode()
 
 
 def publish(app: _Sender, msg: GenerateMessage) -> None:

@@ -70,6 +70,11 @@ from planner.solvers import MilpModel, SolverResult, solve
 EPS = 1e-9
 TIME_LIMIT_S = 10.0
 BLOCK = 48  # rows in the first rank block (see ``solve_main``)
+# when both a switch and the previous configuration fail the switch-cost check, the switch
+# stands only if it is predicted to lose at most this share of the queries the previous one
+# would (``planner.plus.plus_check``; a margin, so that the way back is not taken next
+# period on noise; ``HadisPlanner._switch_check``)
+SWITCH_GAIN = 0.8
 
 Slot = tuple[int, str]  # (model id, role)
 
@@ -630,8 +635,11 @@ class HadisPlanner:
         implementation of that model). When the switch fails that test and the previous
         configuration, sized for the demand, passes it, or when the switch leaves a role's
         backlog without workers and the previous configuration does not (stranded work waits
-        for the next switch back, or for its deadline), the previous one is kept."""
-        from planner.plus import PlusOptions, plus_problems  # plus builds on this module
+        for the next switch back, or for its deadline), the previous one is kept. When both
+        fail, the switch stands only if it is predicted to lose clearly fewer queries
+        (``SWITCH_GAIN``): the live testbed flipped between two failing configurations
+        period after period, each stranding the other's in-flight rejects."""
+        from planner.plus import PlusOptions, plus_check, plus_problems  # builds on this
 
         if same_config(prev.config, plan.config):
             return None
@@ -651,12 +659,20 @@ class HadisPlanner:
             return None
         if kept.overloaded:
             return None
-        if plus_problems(kept, state, opt) and not (_strands(plan, state)
-                                                    and not _strands(kept, state)):
-            return None  # both fail: the switch stands unless it alone strands a backlog
+        kept_problems, kept_lost = plus_check(kept, state, opt)
+        why = "cannot absorb what it inherits"
+        if kept_problems and not (_strands(plan, state) and not _strands(kept, state)):
+            # both fail: the switch stands only if it is predicted to lose clearly fewer
+            # queries (SWITCH_GAIN); else the next period, judging the way back, finds both
+            # failing again and flips back (issue 23)
+            plan_lost = plus_check(plan, state, opt)[1]
+            if plan_lost <= SWITCH_GAIN * kept_lost:
+                return None
+            why = (f"is not clearly better: {plan_lost:.0f} queries predicted late vs "
+                   f"{kept_lost:.0f} kept")
         return replace(kept, solve_ms=plan.solve_ms + kept.solve_ms, note=(
             f"switch cost: kept the previous configuration; the switch to pair "
-            f"{plan.config.light}:{plan.config.heavy} cannot absorb what it inherits "
+            f"{plan.config.light}:{plan.config.heavy} {why} "
             f"({'; '.join(switch_problems)[:160]})"))
 
 

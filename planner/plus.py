@@ -736,16 +736,27 @@ def plus_problems(plan: Plan, state: PlannerState, options: PlusOptions | None =
     the fluid drain of each role's backlog with the swap delay, and every path within the
     SLO. Plans marked ``backlog_ignored`` are only held to the first part.
     """
+    return plus_check(plan, state, options)[0]
+
+
+def plus_check(plan: Plan, state: PlannerState, options: PlusOptions | None = None
+               ) -> tuple[list[str], float]:
+    """``plus_problems`` and the queries the plan is predicted to lose, so that two failing
+    plans can be compared: the backlog it leaves on queues without workers, plus, per role
+    on a path over the SLO, the share of that role's backlog and of its arrivals over one
+    SLO that the fluid drain finishes late (``1 - SLO / slowest path through the role``).
+    inf when the plan fails before the drain model (budget, capacity, batch sizes)."""
     opt = options or PlusOptions()
     bare = replace(state, demand=plan.demand, queues={})
     problems = verify_plan(plan, bare)
     if problems or plan.backlog_ignored or plan.overloaded:
-        return problems
+        return problems, (math.inf if problems else 0.0)
     cfg, reg = plan.config, state.registry
     bl, bh = role_backlog(state)
     prev = previous_models(state)
     load = routed_load(cfg)
     hop: dict[str, float] = {}
+    backlog_of: dict[str, float] = {}
     for role, share in load.items():
         q = role_queue(reg, cfg, role)
         spec = reg.by_queue(q)
@@ -755,6 +766,7 @@ def plus_problems(plan: Plan, state: PlannerState, options: PlusOptions | None =
         if lam > opt.max_utilisation * mu1 * (1 + 1e-6) + 1e-9:
             problems.append(f"{q}: utilisation {lam / mu1:.3f} above {opt.max_utilisation}")
         backlog = bl + bh if cfg.light == cfg.heavy else (bl if role == "light" else bh)
+        backlog_of[role] = backlog + lam * state.slo_s
         if opt.drain:
             on_model = sum(k for qq, k in plan.workers.items() if reg.by_queue(qq).id == spec.id)
             kept = n if prev is None else min(n, n * prev.get(spec.id, 0) / on_model)
@@ -767,16 +779,24 @@ def plus_problems(plan: Plan, state: PlannerState, options: PlusOptions | None =
         else:
             w = queue_delay(state, q)
         hop[role] = spec.batch_latency(plan.batch[spec.id]) + w
+    missing: list[str] = []
     if cfg.light != cfg.heavy:
         missing = [r for r, b in (("light", bl), ("heavy", bh)) if b and r not in load]
         if missing:
             problems.append(f"backlog of role(s) {missing} left on queues without workers")
+    slowest = dict.fromkeys(hop, 0.0)
     for p in paths(cfg):
         total = sum(hop[r] for r in p)
+        for r in p:
+            slowest[r] = max(slowest[r], total)
         if total > state.slo_s * (1 + 1e-6):
             problems.append(f"{PATH_NAMES[p]} path {total:.2f} s exceeds the SLO "
                             f"{state.slo_s:g} s")
-    return problems
+    lost = float(sum(bl if r == "light" else bh for r in missing))
+    for r, t in slowest.items():
+        if t > state.slo_s * (1 + 1e-6):
+            lost += backlog_of[r] * (1.0 - state.slo_s / t) if math.isfinite(t) else math.inf
+    return problems, lost
 
 
 def hadis_plus_fa(solver: str | None = None, **kw) -> HadisPlusPlanner:

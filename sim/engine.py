@@ -403,6 +403,7 @@ class Simulation:
             "disc_ratio": c.disc_ratio, "planned_fid": plan.fid, "overloaded": plan.overloaded,
             "workers": self._workers_by_model(plan),
             "queued": sum(len(d) for d in self.queues.values()),
+            "lengths": {q: qs.length for q, qs in state.queues.items() if qs.length},
             **({"restart": True} if restarted else {}),
         })
 

@@ -15,10 +15,7 @@ micro-batch: every message of the batch and the counters in one pipeline.
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -26,13 +23,7 @@ import redis
 from celery import Celery
 
 from hadis_celery.live import ARRIVALS_KEY, PREFIX, connect
-from hadis_celery.transport import GENERATE_TASK, GenerateMessage
-
-
-def _plain_redis(app: Celery) -> bool:
-    url = str(app.conf.broker_url or "")
-    opts = app.conf.broker_transport_options or {}
-    return url.startswith("redis://") and not opts.get("global_keyprefix")
+from hadis_celery.transport import GenerateMessage, envelope, plain_redis
 
 
 class Publisher:
@@ -42,7 +33,7 @@ class Publisher:
     def __init__(self, app: Celery, state: redis.Redis, state_url: str) -> None:
         self.app = app
         self.state = state
-        self.fast = _plain_redis(app)
+        self.fast = plain_redis(app)
         same = str(app.conf.broker_url) == state_url
         # the broker's client: the state's own when they are one Redis (then one pipeline)
         self.broker = (state if same else connect(str(app.conf.broker_url))) if self.fast \
@@ -51,17 +42,7 @@ class Publisher:
 
     def message(self, query_id: str, queue: str, attempt: int, sent_at: float) -> bytes:
         """The JSON envelope kombu's Redis transport would push for ``send_task``."""
-        task_id = str(uuid.uuid4())
-        args = GenerateMessage(query_id, queue, attempt, sent_at).args()  # the one layout
-        m = self.app.amqp.as_task_v2(task_id, GENERATE_TASK, args=args, kwargs={},
-                                     ignore_result=True)
-        body = json.dumps(m.body).encode()
-        props = {**m.properties, "reply_to": self.app.thread_oid, "delivery_mode": 2,
-                 "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
-                 "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}
-        env = {"body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
-               "content-type": "application/json", "headers": m.headers, "properties": props}
-        return json.dumps(env).encode()
+        return envelope(self.app, GenerateMessage(query_id, queue, attempt, sent_at))
 
     def send(self, query_id: str, queue: str, attempt: int, sent_at: float,
              fallback: Callable[[], None]) -> None:

@@ -48,7 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from celery import Celery
@@ -384,7 +384,7 @@ class WorkerRuntime:
         handed back once only, so a worker bound to two models' queues cannot livelock."""
         report = BatchReport(first.queue, spec.id, 0, [], [], [], [], [first.query_id], [])
         try:  # the row still waits, untouched; the same message, marked swapped
-            transport.send_written(self.app, self.engine, [first.handed_back(swapped=True)])
+            self._hand_back(first.handed_back(swapped=True))
         except Exception as exc:  # Redis went: the next sweep sends it from SQL
             log.warning("cannot hand %s back (%s)", first.query_id, _first_line(exc))
         event(log, "query.given_back", query_id=first.query_id, queue=first.queue,
@@ -452,10 +452,26 @@ class WorkerRuntime:
         except Exception as exc:
             transport.unsent(self.engine, raw, exc)
         if any(by_id[r.id] is first for r in rows):
-            try:  # the Celery message is acked: the same message again
-                transport.send_written(self.app, self.engine, [first.handed_back()])
+            try:  # the Celery message is acked: the same message again, first in line
+                self._hand_back(first.handed_back())
             except Exception:  # its row is back-dated: the next sweep sends it
                 pass
+
+    def _hand_back(self, msg: GenerateMessage) -> None:
+        """Re-send a message this worker took but does not run to the *head* of its queue:
+        it was next in line, and the simulator's queues are FIFO (a Celery re-send goes to
+        the tail, behind the whole backlog: measured, a handed-back query then often missed
+        its deadline). Through Celery when the broker's lists cannot be written directly.
+        On a Redis error its row is back-dated for the sweep (``transport.unsent``) and the
+        error raised."""
+        if not transport.plain_redis(self.app):
+            transport.send_written(self.app, self.engine, [msg])
+            return
+        try:
+            self.live.push_back(msg.queue, [replace(msg, raw=transport.envelope(self.app, msg))])
+        except Exception as exc:
+            transport.unsent(self.engine, [msg], exc)
+            raise
 
     def _run_batch(self, batch, spec: ModelSpec, plan: policy.ActivePlan, queue: str,
                    backend, token: str, report: BatchReport) -> None:

@@ -108,3 +108,38 @@ def test_the_simulator_flips_like_the_live_stack_without_the_check_and_not_with_
     queued_after = [t["queued"] for t in after.timeline if 100 <= t["t"] < 260]
     assert max(queued_after) < max(queued) / 2
     assert after.slo_violation_ratio <= before.slo_violation_ratio
+
+
+def _after_the_flip(scenario, light_turbo: int, heavy_turbo: int):
+    """The period after the switch to pair (1, 2) at router ratio 0 (every query on model
+    1's light queue), taken with 220 queries on SDXL's light queue and no heavy backlog: its
+    queue holds ``light_turbo`` queries and ``heavy_turbo`` rejects
+    that the old plan's light workers made while finishing their batches wait on a heavy
+    queue that no worker of the new plan serves."""
+    previous = Plan.from_dict(LIVE_PREVIOUS)
+    before = {**LIVE_INPUTS, "queues": {**LIVE_INPUTS["queues"], "light_sdxl": [220, 2.4],
+                                        "heavy_sd35_large_turbo": [0, 0.0]}}
+    state = state_from_inputs(before, scenario.table, scenario.registry, previous)
+    to_12 = make_planner("hadis", solver="highs", switch_cost=True).plan(state)
+    assert (to_12.config.light, to_12.config.heavy, to_12.config.router_ratio) == (1, 2, 0.0)
+    inputs = {**LIVE_INPUTS, "queues": {**LIVE_INPUTS["queues"],
+                                        "light_sdxl": [0, 0.0],
+                                        "light_sd35_large_turbo": [light_turbo, 2.0],
+                                        "heavy_sd35_large_turbo": [heavy_turbo, 8.8]}}
+    return state_from_inputs(inputs, scenario.table, scenario.registry, to_12)
+
+
+def test_between_two_failing_configurations_the_switch_stands_only_if_clearly_better(scenario):
+    """Both fail: (1, 2) at ratio 0 strands 30 rejects, (0, 1) would finish ~100 of a
+    250-query backlog late. The rule before flipped back (a stranded backlog failed the
+    kept plan outright) and, next period, forth again: the live flip-flop of issue 23."""
+    planner = make_planner("hadis", solver="highs", switch_cost=True)
+    state = _after_the_flip(scenario, 250, 30)
+    assert HadisPlanner(solver="highs").plan(state).config.light == 0  # the way back
+    kept = planner.plan(state)
+    assert (kept.config.light, kept.config.heavy, kept.config.router_ratio) == (1, 2, 0.0)
+    assert "is not clearly better" in kept.note
+    # many rejects stranded and a short light backlog: going back loses fewer, it stands
+    back = planner.plan(_after_the_flip(scenario, 20, 300))
+    assert (back.config.light, back.config.heavy) == (0, 1)
+    assert not back.note.startswith("switch cost")

@@ -208,6 +208,34 @@ def test_a_worker_runs_up_to_the_plans_batch_size_from_its_queue(stack):
     runtime.engine.dispose()
 
 
+def test_a_swapping_worker_hands_its_message_back_to_the_head_of_the_queue(stack):
+    from workers.serving import WorkerRuntime
+
+    # model 3's heavy queue without a consumer; an in-process worker holds model 0
+    stack.loop.apply(plan_for(1, 3, batch={3: 4}, routing="none", router_ratio=1.0),
+                     workers=[])
+    runtime = WorkerRuntime(stack.s, stack.app)
+    runtime.backend_for(runtime.reg.get(0), "in-process")
+    queue = runtime.reg.get(3).heavy_queue
+    stack.app.control.cancel_consumer(queue, destination=[stack.worker.name], reply=True)
+    ids = [stack.post(f"a lantern on a windowsill, number {i}")["id"] for i in range(3)]
+    assert stack.live.queue_lengths([queue]) == {queue: 3}
+    first = stack.live.drain(queue, 1)[0]
+    assert first.query_id == ids[0]
+    report = runtime.run(first, "in-process")  # the plan moved it: hand back, then load 3
+    assert report.given_back == [ids[0]] and report.ran == []
+    assert runtime.backend.spec.id == 3
+    # it was next in line and still is (a re-send would put it behind ids[1] and ids[2])
+    again = stack.live.drain(queue, 3)
+    assert [m.query_id for m in again] == ids and again[0].swapped
+    assert stack.get(ids[0])["status"] == "queued"
+    stack.live.push_back(queue, again)
+    report = runtime.run(stack.live.drain(queue, 1)[0], "in-process")
+    assert report.ran == ids
+    assert all(stack.get(i)["status"] == "done" for i in ids)
+    runtime.engine.dispose()
+
+
 def test_the_beat_tick_plans_from_live_state_and_records_it(stack):
     name = stack.worker.name
     wait_for(lambda: name in stack.live.live_workers(), 20, 0.2, "the worker's heartbeat")
