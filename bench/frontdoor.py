@@ -23,6 +23,10 @@ average; the last line is one JSON object:
   model time of the query's batch (``--pipeline-seconds 0`` skips it);
 - ``bare_celery_overhead_ms_p50/p99``: the same for bare ``apply_async`` of a task that
   sleeps the same model time (send to the task's end, minus the sleep);
+- ``cpu_ms_per_request``: CPU milliseconds per request in each phase, the whole machine's
+  (``/proc/stat``), the clients' (this process) and the rest (front door, SQL, Redis);
+  ``cpu_bound_ratio``: bare CPU per send over the front door's per request, the most
+  ``frontdoor_vs_bare`` could be on a machine whose CPU is the limit;
 - ``load_avg_1m``: the 1-minute load average after each phase (the machine is shared).
 """
 
@@ -44,6 +48,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+CPU_KEYS = ("cpu_ms_machine", "cpu_ms_client", "cpu_ms_server")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -106,6 +112,39 @@ def _post(conn: http.client.HTTPConnection, prompt: str) -> tuple[int, float, st
     return resp.status, added, qid, http_ms
 
 
+class CpuMeter:
+    """CPU seconds spent over a phase: the whole machine's (``/proc/stat``: every process,
+    the front door, PostgreSQL and Redis included) and this benchmark process's own (the
+    clients), so a phase's cost per request can be split into client and server."""
+
+    def __init__(self) -> None:
+        self.machine0, self.self0 = self._machine(), self._self()
+
+    @staticmethod
+    def _machine() -> float:
+        try:
+            with open("/proc/stat") as fh:
+                f = [int(x) for x in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return float("nan")
+        idle = f[3] + (f[4] if len(f) > 4 else 0)  # idle + iowait
+        return (sum(f[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _self() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def per_request_ms(self, n: int) -> dict:
+        """Milliseconds of CPU per request since construction: machine, client, server
+        (machine minus client: the front door, SQL, Redis, and whatever else ran)."""
+        machine = self._machine() - self.machine0
+        client = self._self() - self.self0
+        k = 1000.0 / max(n, 1)
+        return {"cpu_ms_machine": round(machine * k, 3), "cpu_ms_client": round(client * k, 3),
+                "cpu_ms_server": round((machine - client) * k, 3)}
+
+
 def throughput(port: int, prompts: Prompts, threads: int, seconds: float) -> dict:
     """Closed loop: ``threads`` keep-alive clients posting for ``seconds``."""
     added: list[float] = []
@@ -127,6 +166,7 @@ def throughput(port: int, prompts: Prompts, threads: int, seconds: float) -> dic
         conn.close()
 
     t0 = time.monotonic()
+    cpu = CpuMeter()
     ts = [threading.Thread(target=client) for _ in range(threads)]
     for t in ts:
         t.start()
@@ -136,19 +176,21 @@ def throughput(port: int, prompts: Prompts, threads: int, seconds: float) -> dic
     return {"rps": round(len(added) / wall, 1), "n": len(added), "errors": errors[0],
             "p50": _pct(added, 50), "p99": _pct(added, 99),
             "http_p50": _pct(http_ms, 50), "http_p99": _pct(http_ms, 99),
+            **cpu.per_request_ms(len(added) + errors[0]),
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def bare_send(app, n: int) -> dict:
     times = []
     t0 = time.perf_counter()
+    cpu = CpuMeter()
     for _ in range(n):
         t = time.perf_counter()
         app.send_task("hadis.bench_sleep", args=[0.0], queue="bench_idle", ignore_result=True)
         times.append((time.perf_counter() - t) * 1000)
     wall = time.perf_counter() - t0
     return {"rps": round(n / wall, 1), "p50": _pct(times, 50), "p99": _pct(times, 99),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+            **cpu.per_request_ms(n), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def open_loop(rate: float, seconds: float, fire) -> None:
@@ -269,6 +311,14 @@ def _run(args, url: str) -> dict:
             "frontdoor_one_client_http_ms_p99": one["http_p99"],
             "bare_apply_async_rps": bare["rps"], "bare_apply_async_ms_p50": bare["p50"],
             "bare_apply_async_ms_p99": bare["p99"],
+            # CPU per request over each phase (ms): the machine's, the clients' (this
+            # process), the rest (server side); ``cpu_bound_ratio``: the front door's rate
+            # over the bare rate if both were limited by the machine's CPU alone
+            "cpu_ms_per_request": {"one_client": {k: one[k] for k in CPU_KEYS},
+                                   "clients": {k: tp[k] for k in CPU_KEYS},
+                                   "bare": {k: bare[k] for k in CPU_KEYS}},
+            "cpu_bound_ratio": round(bare["cpu_ms_machine"] / tp["cpu_ms_machine"], 3)
+            if tp["cpu_ms_machine"] else float("nan"),
             "load_avg_1m": {"one_client": one["load_avg_1m"], "clients": tp["load_avg_1m"],
                             "bare": bare["load_avg_1m"]},
             "cpus": os.cpu_count(),
