@@ -638,7 +638,10 @@ class HadisPlanner:
         for the next switch back, or for its deadline), the previous one is kept. When both
         fail, the switch stands only if it is predicted to lose clearly fewer queries
         (``SWITCH_GAIN``): the live testbed flipped between two failing configurations
-        period after period, each stranding the other's in-flight rejects."""
+        period after period, each stranding the other's in-flight rejects. And a switch to
+        a worse FID that passes the test is refused while the previous configuration passes
+        it too: only the per-name charge made it look needed (the live testbed went from
+        (0, 1) to (1, 2) at ratio 0 and back next period, both switches passing)."""
         from planner.plus import PlusOptions, plus_check, plus_problems  # builds on this
 
         if same_config(prev.config, plan.config):
@@ -650,7 +653,8 @@ class HadisPlanner:
         switch_problems = plus_problems(plan, state, opt)
         if plan.overloaded and not plan.backlog_ignored:
             switch_problems = switch_problems or ["overloaded"]
-        if not switch_problems:
+        worse = plan.config.fid > row.fid + 1e-9
+        if not switch_problems and not worse:
             return None
         try:  # the previous row for this demand; its backlog is judged by the drain model
             kept = self._plan(replace(state, queues={}), [row],
@@ -660,6 +664,14 @@ class HadisPlanner:
         if kept.overloaded:
             return None
         kept_problems, kept_lost = plus_check(kept, state, opt)
+        if not switch_problems:
+            if kept_problems:
+                return None  # the previous configuration cannot absorb it: switch down
+            return replace(kept, solve_ms=plan.solve_ms + kept.solve_ms, note=(
+                f"switch cost: kept the previous configuration; the switch to pair "
+                f"{plan.config.light}:{plan.config.heavy} lowers quality (FID "
+                f"{plan.config.fid:g} vs {row.fid:g}) and the previous configuration "
+                f"absorbs its backlog"))
         why = "cannot absorb what it inherits"
         if kept_problems and not (_strands(plan, state) and not _strands(kept, state)):
             # both fail: the switch stands only if it is predicted to lose clearly fewer

@@ -112,12 +112,12 @@ def test_the_simulator_flips_like_the_live_stack_without_the_check_and_not_with_
 
 def _after_the_flip(scenario, light_turbo: int, heavy_turbo: int):
     """The period after the switch to pair (1, 2) at router ratio 0 (every query on model
-    1's light queue), taken with 220 queries on SDXL's light queue and no heavy backlog: its
+    1's light queue), taken with 300 queries on SDXL's light queue and no heavy backlog: its
     queue holds ``light_turbo`` queries and ``heavy_turbo`` rejects
     that the old plan's light workers made while finishing their batches wait on a heavy
     queue that no worker of the new plan serves."""
     previous = Plan.from_dict(LIVE_PREVIOUS)
-    before = {**LIVE_INPUTS, "queues": {**LIVE_INPUTS["queues"], "light_sdxl": [220, 2.4],
+    before = {**LIVE_INPUTS, "queues": {**LIVE_INPUTS["queues"], "light_sdxl": [300, 2.4],
                                         "heavy_sd35_large_turbo": [0, 0.0]}}
     state = state_from_inputs(before, scenario.table, scenario.registry, previous)
     to_12 = make_planner("hadis", solver="highs", switch_cost=True).plan(state)
@@ -143,3 +143,28 @@ def test_between_two_failing_configurations_the_switch_stands_only_if_clearly_be
     back = planner.plan(_after_the_flip(scenario, 20, 300))
     assert (back.config.light, back.config.heavy) == (0, 1)
     assert not back.note.startswith("switch cost")
+
+
+@pytest.mark.parametrize("light, demand", [(130, 10.67), (173, 11.7), (160, 14.77)])
+def test_a_switch_to_a_worse_fid_is_refused_while_the_previous_configuration_absorbs(
+        scenario, light, demand):
+    """A later live run (``docs/testbed.md``, evidence 5) went from (0, 1) to (1, 2) at
+    ratio 0 and back the next period three times, every switch passing the drain test: with
+    130-173 queries on ``light_sdxl`` the MILP's per-name charge made (0, 1) look infeasible
+    though its three SDXL workers drain them within the SLO. Those are the recorded queue
+    lengths and demand of the three flips."""
+    previous = Plan.from_dict(LIVE_PREVIOUS)
+    inputs = {**LIVE_INPUTS, "demand": demand,
+              "queues": {**LIVE_INPUTS["queues"], "light_sdxl": [light, 2.4],
+                         "heavy_sd35_large_turbo": [0, 0.0]}}
+    state = state_from_inputs(inputs, scenario.table, scenario.registry, previous)
+    fled = HadisPlanner(solver="highs").plan(state)
+    assert (fled.config.light, fled.config.heavy, fled.config.router_ratio) == (1, 2, 0.0)
+    kept = make_planner("hadis", solver="highs", switch_cost=True).plan(state)
+    assert (kept.config.light, kept.config.heavy) == (0, 1)
+    assert "lowers quality" in kept.note
+    # a backlog the previous configuration cannot drain in time: the switch down stands
+    deep = {**inputs, "queues": {**inputs["queues"], "light_sdxl": [400, 2.4]}}
+    down = make_planner("hadis", solver="highs", switch_cost=True).plan(
+        state_from_inputs(deep, scenario.table, scenario.registry, previous))
+    assert (down.config.light, down.config.heavy, down.config.router_ratio) == (1, 2, 0.0)
