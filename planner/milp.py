@@ -642,7 +642,7 @@ class HadisPlanner:
         a worse FID that passes the test is refused while the previous configuration passes
         it too: only the per-name charge made it look needed (the live testbed went from
         (0, 1) to (1, 2) at ratio 0 and back next period, both switches passing)."""
-        from planner.plus import PlusOptions, plus_check, plus_problems  # builds on this
+        from planner.plus import PlusOptions, plus_check  # plus builds on this module
 
         if same_config(prev.config, plan.config):
             return None
@@ -650,7 +650,7 @@ class HadisPlanner:
         if row is None:
             return None
         opt = PlusOptions(swap_delay_s=self.swap_delay_s)
-        switch_problems = plus_problems(plan, state, opt)
+        switch_problems, plan_lost = plus_check(plan, state, opt)
         if plan.overloaded and not plan.backlog_ignored:
             switch_problems = switch_problems or ["overloaded"]
         worse = plan.config.fid > row.fid + 1e-9
@@ -677,7 +677,6 @@ class HadisPlanner:
             # both fail: the switch stands only if it is predicted to lose clearly fewer
             # queries (SWITCH_GAIN); else the next period, judging the way back, finds both
             # failing again and flips back (issue 23)
-            plan_lost = plus_check(plan, state, opt)[1]
             if plan_lost <= SWITCH_GAIN * kept_lost:
                 return None
             why = (f"is not clearly better: {plan_lost:.0f} queries predicted late vs "
