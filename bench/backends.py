@@ -85,44 +85,19 @@ def bench_discriminator() -> dict:
 
 
 def bench_replay() -> dict:
-    from hadis_celery.examples import sd35_registry
+    from dataclasses import replace
+
+    from hadis_celery.deployment import registry
     from workers.backends import load_backend
 
-    backend = load_backend(sd35_registry().get(0), time_factor=0.0)
+    first = next(iter(registry()))  # the deployment's first model, replayed at no delay
+    backend = load_backend(replace(first, backend="replay"), time_factor=0.0)
     s = median_seconds(lambda: backend.generate(["a cat"] * 8, list(range(8))))
     log(f"replay batch 8 at time factor 0: {s * 1000:.2f} ms")
     return {"batch8_overhead_ms": round(s * 1000, 3)}
 
 
 # -- real architectures on a GPU ----------------------------------------------------------
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20),
-    transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, use_linear_projection=True,
-)
-SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-                   attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
-                   caption_projection_dim=1536, pooled_projection_dim=2048,
-                   pos_embed_max_size=384, qk_norm="rms_norm",
-                   dual_attention_layers=tuple(range(13)))
-SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38,
-                  attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
-                  caption_projection_dim=2432, pooled_projection_dim=2048,
-                  pos_embed_max_size=192, qk_norm="rms_norm")
-VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
-           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-# name, denoiser kind, config, latent channels, steps, classifier-free guidance
-GPU_MODELS = (
-    ("SDXL-Lightning", "unet", SDXL_UNET, 4, 2, False),
-    ("SD3.5-Large-Turbo", "sd3", SD35_LARGE, 16, 4, False),
-    ("SD3.5-Medium", "sd3", SD35_MEDIUM, 16, 50, True),
-    ("SD3.5-Large", "sd3", SD35_LARGE, 16, 50, True),
-)
-
 
 def _shrunk(cfg: dict) -> dict:
     """A small version of a config with the same structure (CPU smoke run of this code)."""
@@ -204,13 +179,15 @@ def _time_model(name: str, kind: str, cfg: dict, vae_cfg: dict, latent_ch: int, 
 
 def real_architecture_latency(device: str = "cuda", batches: tuple[int, ...] = GPU_BATCHES,
                               shrink: bool = False, repeats: int = 3) -> dict:
-    """Seconds per batch of the four reference architectures with random weights."""
+    """Seconds per batch of the packaged example's architectures with random weights."""
     import torch
+
+    from hadis_celery.examples.architectures import ARCHITECTURES, VAE
 
     dev = torch.device(device)
     res = 128 if shrink else 1024
     out: dict[str, Any] = {}
-    for name, kind, cfg, latent_ch, steps, cfg_guidance in GPU_MODELS:
+    for name, kind, cfg, latent_ch, steps, cfg_guidance in ARCHITECTURES:
         out[name] = _time_model(name, kind, _shrunk(cfg) if shrink else cfg,
                                 _shrunk(VAE) if shrink else VAE, latent_ch, steps,
                                 cfg_guidance, dev, res, batches, repeats)

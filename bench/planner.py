@@ -1,4 +1,4 @@
-"""Planner benchmark: MILP solve time on the sd35 table and on synthetic registries.
+"""Planner benchmark: MILP solve time on the deployment's table and on synthetic registries.
 
 Run from the repo root: ``python -m bench.planner``. The last line is one JSON object:
 per case (table, workers, models) and solver, the p50/p99 of the whole ``plan()`` call in
@@ -71,7 +71,7 @@ def synthetic_table(registry: Registry, seed: int = 0, grid: tuple[float, ...] =
 
 # -- the benchmark -----------------------------------------------------------------------
 
-SD35_DEMANDS = np.linspace(1.0, 40.0, 64)  # the traces' 1..32 q/s, and into overload
+DEPLOYMENT_DEMANDS = np.linspace(1.0, 40.0, 64)  # the reference traces' 1..32 q/s, into overload
 SYNTH_FRACTIONS = np.linspace(0.02, 1.15, 24)  # of S x the fastest model's peak throughput
 SIZES = (64, 256, 1024)
 SLO_S = 60.0
@@ -172,13 +172,10 @@ def _case(name: str, table, registry, workers: int, demands, solvers=("gurobi", 
 
 
 def main() -> dict:
-    from hadis_celery.examples import sd35_registry
-    from planner.reference import reference_path
-    from planner.reference_table import load_reference_table
+    from hadis_celery.deployment import load_table
 
-    reg = sd35_registry()
-    sd35 = load_reference_table(reference_path("profile-sd35"), reg)
-    cases = [_case("sd35", sd35, reg, 16, SD35_DEMANDS)]
+    deployed = load_table()  # HADIS_DEPLOYMENT's table (default: the packaged example's)
+    cases = [_case(deployed.name, deployed.rows, deployed.registry, 16, DEPLOYMENT_DEMANDS)]
     synth = {n: (synthetic_registry(n), None) for n in (4, 10)}
     for n in (4, 10):
         r = synth[n][0]
@@ -204,7 +201,7 @@ def main() -> dict:
         "cases": cases,
         "single_milp_whole_table": whole,
         "targets": {
-            "sd35_16_workers_p50_under_30ms": {
+            "deployment_16_workers_p50_under_30ms": {
                 s: sd[s]["p50_ms"] is not None and sd[s]["p50_ms"] < 30
                 for s in ("gurobi", "highs")},
             "synthetic_10_models_1024_workers_p50_under_1s": {
