@@ -111,7 +111,12 @@ def test_attribute_rules_refuse_what_they_cannot_read(rule):
 
 # -- embedding cache -----------------------------------------------------------------------
 def test_embedding_cache_rows_do_not_depend_on_history(extractor, imagenet_prompts):
-    """A cache that starts over every few rows gives the tensors of one that never does."""
+    """A cache that starts over every few rows gives the tensors of one that never does.
+
+    Equal to float32 rounding, not bit for bit: the encoder's matrix products run on
+    batches of other shapes here (2 against 7 documents), and BLAS may sum them in another
+    order (on this machine: differences up to 1.5e-6 on values of order 1). A row taken from the wrong cache slot
+    differs by the size of the values themselves."""
     small = CachedTok2Vec.wrap(extractor.nlp.get_pipe("tok2vec"), max_rows=50)
     big = CachedTok2Vec.wrap(extractor.nlp.get_pipe("tok2vec"))
     texts = imagenet_prompts[4000:4060]
@@ -120,7 +125,8 @@ def test_embedding_cache_rows_do_not_depend_on_history(extractor, imagenet_promp
                              batch_size=7))[::-1]
     assert 0 < small.cached_rows <= 50 < big.cached_rows
     for a, b in zip(docs_small, docs_big, strict=True):
-        assert np.array_equal(a.tensor, b.tensor)
+        assert a.tensor.shape == b.tensor.shape
+        np.testing.assert_allclose(a.tensor, b.tensor, rtol=1e-4, atol=1e-4)
 
 
 def test_embedding_cache_wraps_only_the_known_chain(extractor):
