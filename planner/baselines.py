@@ -33,7 +33,7 @@ from planner.plan import (
     routed_load,
     utilisation,
 )
-from planner.plus import HadisPlusPlanner, hadis_plus_fa, hadis_plus_fh
+from planner.plus import HadisPlusPlanner, hadis_plus_fa, hadis_plus_fd, hadis_plus_fh
 
 RATIO_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 # DiffServe's light model is a distilled few-step model: at least this many times faster
@@ -427,6 +427,7 @@ PLANNERS: dict[str, Callable[..., object]] = {
     "hadis-plus": HadisPlusPlanner,
     "hadis-plus-fa": hadis_plus_fa,
     "hadis-plus-fh": hadis_plus_fh,
+    "hadis-plus-fd": hadis_plus_fd,
 }
 
 

@@ -53,6 +53,10 @@ in ``PlusOptions``, measured in ``docs/plus.md``; ``python -m bench.plus`` print
   need only match that window's arrivals), kept in ``Plan.memory``; ``warm_start`` plans
   for at least the mean rate measured since the first plan until the EWMA (which starts
   at 1 q/s) catches up. Measured in ``docs/plus.md``: neither is a default.
+- ``drain_slo`` (off; 2 in ``hadis-plus-fd``): a candidate is feasible only if its capacity
+  also drains each role's backlog within ``drain_slo`` SLOs (``lam + B / (k x SLO) <= mu``).
+  The wait bound alone accepts a plan at utilisation ~1 behind a standing queue (25 s of a
+  60 s SLO on ``rot5-1to40``), which the next rise overflows.
 
 The problem is small (a Pareto table of ~200 rows, 5 batch sizes, 16 workers), so it is
 solved exactly by enumerating every (row, batch sizes, worker split) in numpy: no solver,
@@ -118,6 +122,8 @@ class PlusOptions:
     overload_tolerance: float = 0.0  # overload: best FID among candidates losing at most
     #                                  this share of the next SLO's work more than the least
     horizon_slo: float = 0.0  # plan for the mean rate measured over this many SLOs (0: off)
+    drain_slo: float = 0.0  # feasible only if capacity also drains each role's backlog within
+    #                        this many SLOs (0: off; the wait bound alone lets a queue stand)
     warm_start: bool = False  # until the EWMA catches up, plan for at least the mean rate
     #                           measured since this planner's first plan (the EWMA starts low)
     horizon_trend: bool = False  # with horizon_slo: add the window's linear trend, projected
@@ -136,7 +142,8 @@ class PlusOptions:
     def __post_init__(self) -> None:
         if not 0 < self.max_utilisation <= 1:
             raise ValueError(f"max_utilisation must be in (0, 1], got {self.max_utilisation}")
-        for k in ("wait_safety", "swap_delay_s", "min_fid_gain", "step_z", "ewma_lag_s"):
+        for k in ("wait_safety", "swap_delay_s", "min_fid_gain", "step_z", "ewma_lag_s",
+                  "drain_slo"):
             v = getattr(self, k)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{k} must be a finite number >= 0, got {v}")
@@ -616,7 +623,17 @@ class HadisPlusPlanner:
         lat_ok = np.all(ev.path_lat <= state.slo_s * (1 + 1e-9), axis=1)
         cap_ok = np.all(ev.util <= opt.max_utilisation + EPS, axis=1)
         no_strand = (ev.stranded == 0) | (not opt.drain)  # HADIS cannot see stranding
+        if opt.drain_slo > 0 and opt.drain:
+            cap_ok &= self._drains(cand, ev, state)
         return lat_ok & cap_ok & no_strand
+
+    def _drains(self, cand: Candidates, ev: Evaluation, state: PlannerState) -> np.ndarray:
+        """Candidates whose every role serves its arrivals plus its backlog spread over
+        ``drain_slo`` SLOs (``drain_slo``: no queue may stand at utilisation ~1)."""
+        opt = self.options
+        mu = cand.workers * cand.thr
+        need = ev.util * mu + ev.backlog / (opt.drain_slo * state.slo_s)
+        return np.all((cand.role < 0) | (need <= mu * opt.max_utilisation * (1 + EPS)), axis=1)
 
     def _absorbs(self, state: PlannerState, cand: Candidates, ev: Evaluation, i: int,
                  gap: float) -> bool:
@@ -811,6 +828,18 @@ def hadis_plus_fa(solver: str | None = None, **kw) -> HadisPlusPlanner:
     kw.setdefault("overload_loss", True)
     kw.setdefault("overload_tolerance", 0.01)
     return HadisPlusPlanner(solver, name="hadis-plus-fa", **kw)
+
+
+def hadis_plus_fd(solver: str | None = None, **kw) -> HadisPlusPlanner:
+    """``hadis-plus-fd``: hadis-plus-fa whose plans must also drain every role's backlog
+    within two SLOs (``drain_slo``). Measured (``docs/plus.md``): both of issue 21's targets
+    on 6 of 8 tuning cases (as hadis-plus-fa) and 21 of 30 reported ones (20); fewer
+    violations where a queue stood before a rise, worse ``fid_all`` on the reference traces
+    (1to32 @60 s: 26.79 against 26.38). Kept for comparison, not a default."""
+    kw.setdefault("overload_loss", True)
+    kw.setdefault("overload_tolerance", 0.01)
+    kw.setdefault("drain_slo", 2.0)
+    return HadisPlusPlanner(solver, name="hadis-plus-fd", **kw)
 
 
 def hadis_plus_fh(solver: str | None = None, **kw) -> HadisPlusPlanner:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from planner.baselines import PLANNERS, make_planner
-from planner.plan import Plan, QueueState, verify_plan
+from planner.plan import Plan, QueueState, role_queue, routed_load, verify_plan
 from planner.plus import PlusOptions, candidates, evaluate, predicted_loss
-from tests.plus.test_plus import HEAVY2, LIGHT0, data, state  # noqa: F401 (fixture)
+from tests.plus.test_plus import HEAVY2, LIGHT0, REG, data, state  # noqa: F401 (fixture)
 
 
 def test_predicted_loss_counts_a_stranded_backlog(data):  # noqa: F811
@@ -86,3 +86,31 @@ def test_plans_for_the_mean_rate_measured_over_its_horizon(data):  # noqa: F811
 
 def test_horizon_off_by_default_so_hadis_plus_figures_stay():
     assert PlusOptions().horizon_slo == 0 and not PlusOptions().warm_start
+
+
+def _drains_within(plan: Plan, backlog: dict[str, float], demand: float, slo_s: float,
+                   k: float) -> bool:
+    """Whether every role of ``plan`` serves its arrivals plus its backlog over ``k`` SLOs."""
+    for role, share in routed_load(plan.config).items():
+        q = role_queue(REG, plan.config, role)
+        spec = REG.by_queue(q)
+        mu = plan.workers.get(q, 0) * spec.throughput(plan.batch[spec.id])
+        if demand * share + backlog.get(role, 0.0) / (k * slo_s) > mu * (1 + 1e-9):
+            return False
+    return True
+
+
+def test_drain_slo_refuses_a_plan_behind_a_standing_queue(data):  # noqa: F811
+    """600 queries wait on the light role at 25 q/s: hadis-plus-fa keeps the better FID at a
+    utilisation that leaves the queue standing (its wait is inside the SLO), hadis-plus-fd
+    takes a plan whose light workers also drain it within two SLOs."""
+    st = state(data[0], 25.0, {LIGHT0: QueueState(600, 25.0)})
+    fa, fd = make_planner("hadis-plus-fa").plan(st), make_planner("hadis-plus-fd").plan(st)
+    assert not fa.overloaded and not fd.overloaded
+    backlog = {"light": 600.0}
+    assert not _drains_within(fa, backlog, 25.0, st.slo_s, 2.0)
+    assert _drains_within(fd, backlog, 25.0, st.slo_s, 2.0)
+    assert fd.fid > fa.fid  # the drain is paid in FID
+    assert verify_plan(fd, replace(st, demand=fd.demand, queues={})) == []
+    with pytest.raises(ValueError, match="drain_slo"):
+        PlusOptions(drain_slo=-1.0)
