@@ -617,23 +617,19 @@ class HadisPlusPlanner:
         plan = self._build(state, cand, ev, best, lam, served, backlog_ignored, note)
         return replace(plan, solve_ms=(time.perf_counter() - t0) * 1e3, memory=memory)
 
-    def _feasible(self, cand: Candidates, ev: Evaluation, state: PlannerState) -> np.ndarray:
-        """Candidates meeting every path's SLO, capacity and (with drain) not stranding."""
+    def _feasible(self, cand: Candidates, ev: Evaluation, state: PlannerState, lam: float
+                  ) -> np.ndarray:
+        """Candidates meeting every path's SLO, capacity and (with drain) not stranding;
+        with ``drain_slo``, also covering each role's backlog spread over that many SLOs
+        on top of its arrivals (no queue may stand at utilisation ~1)."""
         opt = self.options
         lat_ok = np.all(ev.path_lat <= state.slo_s * (1 + 1e-9), axis=1)
         cap_ok = np.all(ev.util <= opt.max_utilisation + EPS, axis=1)
         no_strand = (ev.stranded == 0) | (not opt.drain)  # HADIS cannot see stranding
         if opt.drain_slo > 0 and opt.drain:
-            cap_ok &= self._drains(cand, ev, state)
+            phi = self._cover(state, cand, ev, lam, opt.drain_slo * state.slo_s)[0]
+            cap_ok &= phi >= 1 - EPS
         return lat_ok & cap_ok & no_strand
-
-    def _drains(self, cand: Candidates, ev: Evaluation, state: PlannerState) -> np.ndarray:
-        """Candidates whose every role serves its arrivals plus its backlog spread over
-        ``drain_slo`` SLOs (``drain_slo``: no queue may stand at utilisation ~1)."""
-        opt = self.options
-        mu = cand.workers * cand.thr
-        need = ev.util * mu + ev.backlog / (opt.drain_slo * state.slo_s)
-        return np.all((cand.role < 0) | (need <= mu * opt.max_utilisation * (1 + EPS)), axis=1)
 
     def _absorbs(self, state: PlannerState, cand: Candidates, ev: Evaluation, i: int,
                  gap: float) -> bool:
@@ -651,7 +647,7 @@ class HadisPlusPlanner:
                 ) -> tuple[int, float, bool, str]:
         """The best candidate: (index, served fraction, backlog ignored, note)."""
         opt = self.options
-        feasible = self._feasible(cand, ev, state)
+        feasible = self._feasible(cand, ev, state, lam)
         slack = np.max(ev.util, axis=1)
         served_all = self._cover(state, cand, ev, lam)[1]
         shed = np.where(feasible, 0.0, predicted_shed(cand, ev, lam, state.slo_s))
@@ -672,14 +668,15 @@ class HadisPlusPlanner:
         return (best, float(min(1.0, served_all[best])), not bool(feasible[best]),
                 f"violation budget: plans to shed {shed[best]:.1%}")
 
-    def _cover(self, state: PlannerState, cand: Candidates, ev: Evaluation, lam: float
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Per candidate: the share of demand plus backlog-per-SLO its capacity covers
-        (``phi`` <= 1; with the drain model, else demand alone), and the share of demand
-        alone it serves (``served_all``, may exceed 1)."""
+    def _cover(self, state: PlannerState, cand: Candidates, ev: Evaluation, lam: float,
+               drain_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per candidate: the share of demand plus the backlog spread over ``drain_s``
+        (default one SLO) its capacity covers (``phi`` <= 1; with the drain model, else
+        demand alone), and the share of demand alone it serves (``served_all``, may
+        exceed 1)."""
         used = cand.role >= 0
         mu = cand.workers * cand.thr
-        extra = ev.backlog / state.slo_s if self.options.drain else 0.0
+        extra = ev.backlog / (drain_s or state.slo_s) if self.options.drain else 0.0
         need = lam * cand.load + extra
         with np.errstate(divide="ignore", invalid="ignore"):
             cover = np.where(used & (need > 0), mu * self.options.max_utilisation / need, np.inf)
