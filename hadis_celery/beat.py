@@ -173,7 +173,7 @@ def planner_options(s: Settings) -> dict:
     measured or declared swap time."""
     if s.planner == "hadis":
         return {"switch_cost": True, "swap_delay_s": s.swap_delay_s} if s.switch_cost else {}
-    if s.planner != "hadis-plus":
+    if s.planner != "hadis-plus" and not s.planner.startswith("hadis-plus-"):
         return {}
     tf = s.time_factor if s.time_factor > 0 else 1.0
     return {"rate_window_s": s.plan_period_s / tf,

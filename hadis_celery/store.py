@@ -81,6 +81,22 @@ def delete_queries(engine: Engine, query_ids: Sequence[str]) -> None:
             s.execute(delete(QueryRow).where(QueryRow.id.in_(list(query_ids))))
 
 
+def withdraw(engine: Engine, query_ids: Sequence[str], reason: str, now: float) -> int:
+    """Drop the rows of ``query_ids`` that no worker has claimed yet, with ``reason`` (a
+    multi-image request refused part-way: its accepted images would serve nobody); a
+    worker's ``claim`` then skips their messages. Returns how many were withdrawn."""
+    if not query_ids:
+        return 0
+    with transaction(engine) as s:
+        result = s.execute(update(QueryRow)
+                           .where(QueryRow.id.in_(list(query_ids)),
+                                  QueryRow.status.in_(WAITING))
+                           .values(status=QueryStatus.DROPPED, reason=reason,
+                                   finished_at=now, updated_at=now)
+                           .execution_options(synchronize_session=False))
+        return int(result.rowcount)
+
+
 def get_query(engine: Engine, query_id: str) -> QueryRow | None:
     with transaction(engine) as s:
         return s.get(QueryRow, query_id)

@@ -33,7 +33,13 @@ from planner.plan import (
     routed_load,
     utilisation,
 )
-from planner.plus import HadisPlusPlanner, hadis_plus_fa, hadis_plus_fd, hadis_plus_fh
+from planner.plus import (
+    HadisPlusPlanner,
+    hadis_plus_ac,
+    hadis_plus_fa,
+    hadis_plus_fd,
+    hadis_plus_fh,
+)
 
 RATIO_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 # DiffServe's light model is a distilled few-step model: at least this many times faster
@@ -413,6 +419,14 @@ class CacheDQPlanner(_CachePlanner):
         return replace(state, demand=upper, queues=queues, previous=None)
 
 
+def hadis_ac(solver: str = "gurobi", **kw) -> HadisPlanner:
+    """Ablation ``hadis-ac``: the paper's HADIS whose plans shed at arrival
+    (``policy.admits``), to tell what admission control alone buys from what
+    hadis-plus-ac's planning adds (``docs/plus.md``)."""
+    kw.setdefault("shed_at_arrival", True)
+    return HadisPlanner(solver, name="hadis-ac", **kw)
+
+
 PLANNERS: dict[str, Callable[..., object]] = {
     "hadis": HadisPlanner,
     "clipper-light": clipper_light,
@@ -428,6 +442,8 @@ PLANNERS: dict[str, Callable[..., object]] = {
     "hadis-plus-fa": hadis_plus_fa,
     "hadis-plus-fh": hadis_plus_fh,
     "hadis-plus-fd": hadis_plus_fd,
+    "hadis-plus-ac": hadis_plus_ac,
+    "hadis-ac": hadis_ac,
 }
 
 

@@ -567,8 +567,10 @@ class HadisPlanner:
                  safety: float = SAFETY, hysteresis: Hysteresis | None = None,
                  spread: bool = True, time_limit_s: float = TIME_LIMIT_S,
                  name: str | None = None, routing: str = "score",
-                 switch_cost: bool = False, swap_delay_s: float = 10.0) -> None:
+                 switch_cost: bool = False, swap_delay_s: float = 10.0,
+                 shed_at_arrival: bool = False) -> None:
         self.solver = solver
+        self.shed_at_arrival = bool(shed_at_arrival)  # plans ask the front door to shed
         self.fallback = fallback
         self.safety = safety
         self.hysteresis = Hysteresis() if hysteresis is None else hysteresis
@@ -594,6 +596,10 @@ class HadisPlanner:
                          time_limit_s=self.time_limit_s, routing=self.routing, index=index)
 
     def plan(self, state: PlannerState) -> Plan:
+        plan = self._decide(state)
+        return replace(plan, shed_at_arrival=True) if self.shed_at_arrival else plan
+
+    def _decide(self, state: PlannerState) -> Plan:
         table = self.table(state)
         plan = self._plan(state, table)
         prev = state.previous

@@ -214,6 +214,7 @@ class Plan:
     routing: str = "score"
     note: str = ""
     memory: Mapping[str, Any] = field(default_factory=dict)  # the planner's state (JSON)
+    shed_at_arrival: bool = False  # the front door refuses a query predicted to finish late
 
     @property
     def pair(self) -> tuple[int, int]:
@@ -245,7 +246,7 @@ class Plan:
             "backlog_ignored": self.backlog_ignored,
             "path_latency_s": dict(self.path_latency_s), "solver": self.solver,
             "solve_ms": self.solve_ms, "routing": self.routing, "note": self.note,
-            "memory": dict(self.memory),
+            "memory": dict(self.memory), "shed_at_arrival": self.shed_at_arrival,
         }
 
     @classmethod
@@ -265,6 +266,7 @@ class Plan:
             solver=str(d.get("solver", "")), solve_ms=float(d.get("solve_ms", 0.0)),
             routing=str(d.get("routing", "score")), note=str(d.get("note", "")),
             memory=dict(d.get("memory") or {}),
+            shed_at_arrival=bool(d.get("shed_at_arrival", False)),
         )
 
 

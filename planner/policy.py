@@ -61,6 +61,7 @@ class ActivePlan:
     batch: Mapping[int, int]
     workers: Mapping[str, int] = field(default_factory=dict)
     published_at: float = 0.0
+    shed_at_arrival: bool = False  # the front door refuses what ``admits`` says is too late
 
     @property
     def single(self) -> bool:
@@ -93,7 +94,8 @@ class ActivePlan:
                    heavy_queue=heavy_q, theta=float(theta), tau=float(c.tau),
                    routing=plan.routing, router_ratio=float(c.router_ratio),
                    batch=dict(plan.batch), workers=dict(plan.workers),
-                   published_at=time.time() if now is None else now)
+                   published_at=time.time() if now is None else now,
+                   shed_at_arrival=bool(plan.shed_at_arrival))
 
     def to_dict(self) -> dict:
         return {"plan_id": self.plan_id, "light": self.light, "heavy": self.heavy,
@@ -101,7 +103,8 @@ class ActivePlan:
                 "theta": _enc(self.theta), "tau": _enc(self.tau), "routing": self.routing,
                 "router_ratio": self.router_ratio,
                 "batch": {str(k): int(v) for k, v in self.batch.items()},
-                "workers": dict(self.workers), "published_at": self.published_at}
+                "workers": dict(self.workers), "published_at": self.published_at,
+                "shed_at_arrival": self.shed_at_arrival}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ActivePlan:
@@ -111,7 +114,8 @@ class ActivePlan:
                    router_ratio=float(d["router_ratio"]),
                    batch={int(k): int(v) for k, v in dict(d["batch"]).items()},
                    workers={str(k): int(v) for k, v in dict(d.get("workers", {})).items()},
-                   published_at=float(d.get("published_at", 0.0)))
+                   published_at=float(d.get("published_at", 0.0)),
+                   shed_at_arrival=bool(d.get("shed_at_arrival", False)))
 
 
 # -- front door ---------------------------------------------------------------------------
@@ -130,6 +134,34 @@ def route(plan: ActivePlan, score: float, draw: float) -> tuple[str, str]:
     else:
         heavy = score > plan.theta
     return (HEAVY, plan.heavy_queue) if heavy else (LIGHT, plan.light_queue)
+
+
+def predicted_finish_s(plan: ActivePlan, queue: str, queued: int, model_id: int,
+                       seconds: Callable[[int], float], largest: int) -> float:
+    """Seconds until a query joining ``queue`` behind ``queued`` others has its image, by
+    the plan's fluid estimate: the queue drains at the plan's workers on it times batch
+    ``b`` per ``seconds(b)``, then its own batch runs. A queue the plan gives no worker
+    never finishes (inf)."""
+    workers = int(plan.workers.get(queue, 0))
+    if workers <= 0:
+        return math.inf
+    b = plan.batch_for(model_id, largest)
+    run = float(seconds(b))
+    return max(0, int(queued)) * run / (workers * b) + run
+
+
+def admits(plan: ActivePlan, queue: str, queued: int, model_id: int, slo_s: float,
+           seconds: Callable[[int], float], largest: int) -> bool:
+    """Whether the front door takes a query onto ``queue`` (the front door's and the
+    simulator's rule). A plan with ``shed_at_arrival`` refuses a query whose predicted
+    finish (``predicted_finish_s``) is past its SLO: under overload a FIFO queue otherwise
+    fills to the deadline edge, every query in it waits about the SLO, and a swap or a
+    burst then drops the oldest ones; refusing at once keeps the queue inside the SLO (and
+    tells the client now, not an SLO later). Other plans take everything (HADIS drops at
+    the deadline)."""
+    if not plan.shed_at_arrival:
+        return True
+    return predicted_finish_s(plan, queue, queued, model_id, seconds, largest) <= slo_s
 
 
 def pinned_route(plan: ActivePlan, model_id: int) -> tuple[str, str] | str:

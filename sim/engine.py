@@ -471,6 +471,15 @@ class Simulation:
         role, q = policy.route(self.active, float(self.w.router_score[i]),
                                float(self._uniform[i]))  # the front door's rule
         self.path[i] = PATHS.index("direct" if role == policy.HEAVY else "light")
+        if self.active.shed_at_arrival:  # the front door's admission rule
+            spec = self.registry.by_queue(q)
+            extra = self.s.disc_s if q.startswith("light_") else 0.0
+            if not policy.admits(self.active, q, len(self.queues.get(q, ())), spec.id,
+                                 self.s.slo_s, lambda b: spec.batch_seconds(b) + extra,
+                                 max(spec.batch_sizes)):
+                self._end(i, DROPPED, reason=f"shed at arrival: {q} cannot finish it "
+                          "within the SLO")
+                return
         self._enqueue(i, q)
 
     def _enqueue(self, i: int, q: str) -> None:

@@ -37,11 +37,14 @@ Progress = Callable[[str], None]
 
 
 def simulate(sc: Scenario, wl: Workload, policy: str, *, oracle: bool = False,
-             slo_s: float | None = None) -> SimResult:
+             slo_s: float | None = None, options: dict | None = None) -> SimResult:
+    """One run of ``policy`` (a ``planner.baselines`` name; ``options`` go to its factory,
+    e.g. ``PlusOptions`` fields for the hadis-plus family)."""
     s = sc.settings if slo_s is None else sc.with_settings(slo_s=slo_s).settings
     demand = (OracleDemand(wl.arrival_s, s.period_s) if oracle
               else EwmaDemand(sc.half_life_s))
-    sim = Simulation(wl, sc.registry, sc.table, make_planner(policy), demand, sc.surface, s,
+    planner = make_planner(policy, **(options or {}))
+    sim = Simulation(wl, sc.registry, sc.table, planner, demand, sc.surface, s,
                      theta_for=sc.router.threshold_for,
                      name=f"{policy} (oracle)" if oracle else policy)
     return sim.run()

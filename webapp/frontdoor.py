@@ -10,6 +10,8 @@ Order of work for ``POST /v1/generations`` (SQL is the record, Redis the transpo
 3. score the batch's prompts with the router (one ``score_many`` batch);
 4. one Redis round trip: the active plan and the image store's fault flag;
 5. route each prompt (``policy.route``: score vs θ of the active plan), stamp its deadline;
+   a plan that sheds at arrival refuses (503 ``over_capacity``) a prompt its queue cannot
+   finish within the SLO (``policy.admits``; one ``LLEN`` pipeline a batch, only then);
 6. write the query rows (status ``queued``), one Core multi-row ``INSERT``;
 7. send the Celery messages with the demand counters, one Redis pipeline
    (``webapp.publish``), through ``hadis_celery.transport.dispatch_many`` (rows first, then
@@ -274,6 +276,7 @@ class FrontDoor:
                            retry_after=RETRY_AFTER_S)
         now = time.time()
         todo: list[Submission] = []
+        queued: dict[str, int] | None = None  # read once a batch, when the plan sheds
         for b, score in zip(batch, scores, strict=True):
             if isinstance(score, BaseException):
                 b.fail(score)
@@ -287,6 +290,14 @@ class FrontDoor:
                 continue
             req = b.req
             slo = req.slo_s if req.slo_s is not None else self.s.slo_s
+            if plan.shed_at_arrival:
+                if queued is None:
+                    queued = self.live.queue_lengths(plan.queues)
+                refusal = self.shed(plan, queue, queued.get(queue, 0), slo)
+                if refusal is not None:
+                    b.fail(refusal)
+                    continue
+                queued[queue] = queued.get(queue, 0) + 1  # ahead of the batch's next ones
             b.score, b.plan = score, plan
             b.values = dict(
                 id=qid, client=b.client, owner=b.owner, prompt=req.prompt,
@@ -339,6 +350,30 @@ class FrontDoor:
         for b in todo:  # (none is left open; a guard against a lost outcome)
             if not b.done:
                 b.fail(RuntimeError("the request got no outcome"))
+
+    def shed(self, plan: ActivePlan, queue: str, queued: int, slo_s: float
+             ) -> ApiError | None:
+        """The 503 for a query the plan sheds at arrival (``policy.admits``), else None."""
+        try:
+            spec = self.registry.by_queue(queue)
+        except KeyError:  # a plan from another deployment: nothing to predict with
+            return None
+        largest = max(spec.batch_sizes)
+        # Profiled seconds are profile time; the replay stack runs them x the time factor,
+        # and the request's SLO is wall time (the beat plans in SLO / factor, the same).
+        tf = self.s.time_factor if self.s.time_factor > 0 else 1.0
+
+        def seconds(b: int) -> float:
+            return spec.batch_seconds(b) * tf
+
+        if policy.admits(plan, queue, queued, spec.id, slo_s, seconds, largest):
+            return None
+        finish = policy.predicted_finish_s(plan, queue, queued, spec.id, seconds, largest)
+        why = ("no worker serves it under the active plan" if not math.isfinite(finish)
+               else f"{queued} queued on {queue} would finish it in about {finish:.0f} s")
+        return ApiError(503, "over_capacity",
+                        f"the cluster cannot answer within the SLO of {slo_s:g} s now ({why}); "
+                        "nothing was recorded, retry later", retry_after=RETRY_AFTER_S)
 
 
 def log_refused(status: int, code: str, message: str, client: str | None, path: str,

@@ -16,6 +16,7 @@ after the queries were accepted (dropped at the deadline, failed) carries
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import select
 
+from hadis_celery import store
+from hadis_celery.logs import event
 from hadis_celery.tables import QueryRow
 from planner import policy
 from planner.policy import ActivePlan
@@ -38,6 +41,8 @@ from webapp.frontdoor import (
     parse_request,
 )
 from webapp.parking import CAN_PARK, PARK_HEADER, RESUME, park_value, wait_blocking
+
+log = logging.getLogger(__name__)
 
 ALIAS = "hadis"  # the routed model: the router and the active plan choose
 FIELDS = ("model", "prompt", "n", "size", "response_format", "user", "seed", "slo_s")
@@ -221,11 +226,15 @@ def generate_images():
         return render(d, list(resumed), req.response_format)
     pin = None if req.model is None else pin_route(req.model)
     ids, deadline = [], 0.0
-    for gen in req.generations:
-        row, _ = d.submit(gen, g.client, g.t0, via="openai", owner=g.principal.owner,
-                          pin=pin)
-        ids.append(row.id)
-        deadline = max(deadline, row.deadline)
+    try:
+        for gen in req.generations:
+            row, _ = d.submit(gen, g.client, g.t0, via="openai", owner=g.principal.owner,
+                              pin=pin)
+            ids.append(row.id)
+            deadline = max(deadline, row.deadline)
+    except Exception as exc:
+        _withdraw(d, ids, exc)
+        raise
     until = deadline + GRACE_S
     if request.environ.get(CAN_PARK):
         resp = Response(status=202)
@@ -233,6 +242,23 @@ def generate_images():
         return resp
     wait_blocking(d.engine, ids, until)
     return render(d, ids, req.response_format)
+
+
+def _withdraw(d, ids: list[str], exc: BaseException) -> None:
+    """A request refused after some of its ``n`` images were accepted (e.g. the plan shed
+    the rest: 503 over_capacity) answers with the error alone, so the accepted ones would
+    serve nobody: drop those no worker has claimed yet (``store.withdraw``)."""
+    if not ids:
+        return
+    reason = (f"withdrawn: image {len(ids) + 1} of the same request was refused "
+              f"({getattr(exc, 'code', type(exc).__name__)})")
+    try:
+        n = store.withdraw(d.engine, ids, reason, time.time())
+    except Exception:  # SQL down too: the accepted images run and are kept, as before
+        log.warning("could not withdraw %d accepted image(s) of a refused request", len(ids))
+        return
+    event(log, "query.withdrawn", logging.INFO, query_ids=ids[:10], withdrawn=n,
+          reason=reason)
 
 
 def _model(id_: str, created: int) -> dict:

@@ -173,7 +173,11 @@ def openapi_document() -> dict:
                     "413": _err("body larger than HADIS_MAX_REQUEST_BYTES (chunked too)"),
                     "415": _err("the body is not sent as application/json"),
                     "429": _err("rate limit (HADIS_RATE_LIMIT_PER_MIN) exceeded"),
-                    "503": busy}}},
+                    "503": {**busy, "description": (
+                        "Redis or the database is unavailable, no plan is active, or the "
+                        "active plan sheds at arrival and its queue cannot finish this "
+                        "prompt within its SLO (over_capacity); nothing was recorded "
+                        "(see Retry-After)")}}}},
             "/v1/generations/{id}": {"get": {
                 "summary": "Status and result of a generation",
                 "parameters": [{"name": "id", "in": "path", "required": True,
@@ -237,8 +241,10 @@ def openapi_document() -> dict:
                     "413": _oai("body too large"), "415": _oai("not application/json"),
                     "429": _oai("rate limit exceeded"),
                     "500": _oai("a generation failed (generation_failed)"),
-                    "503": _oai("no plan, Redis or SQL down, or the named model is not "
-                                "served by the active plan (model_not_served)"),
+                    "503": _oai("no plan, Redis or SQL down, the named model is not "
+                                "served by the active plan (model_not_served), or the "
+                                "plan sheds at arrival and cannot finish it in time "
+                                "(over_capacity)"),
                     "504": _oai("a query was dropped at its deadline, or not finished "
                                 "5 s past it (deadline_exceeded)")}}},
             "/v1/models": {"get": {

@@ -103,6 +103,9 @@ def command(ctx: click.Context, profile: str | None, version: int | None, url: s
     for name, s in plan.path_latency_s.items():
         click.echo(f"  {name:9s} path {s:.2f} s")
     click.echo(f"  served    {plan.served_fraction:.1%}{'  OVERLOADED' if plan.overloaded else ''}")
+    if plan.shed_at_arrival:
+        click.echo("  admission sheds at arrival: the front door refuses (503 over_capacity) a "
+                   "prompt its queue cannot finish within the SLO")
     click.echo(f"  solver    {plan.solver}, {plan.solve_ms:.1f} ms"
                + (f"  ({plan.note})" if plan.note else ""))
 

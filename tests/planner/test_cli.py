@@ -35,6 +35,13 @@ def test_plan_text_and_baseline(reference):
                                        "--queue", "light_sd35_large_turbo=10@2"])
     assert res.exit_code == 0, res.output
     assert "SD3.5-Large-Turbo -> SD3.5-Large" in res.stdout
+    assert "sheds at arrival" not in res.stdout
+
+
+def test_plan_says_when_the_front_door_will_shed(reference):
+    res = CliRunner().invoke(command, [*BASE, "--demand", "4", "--planner", "hadis-plus-ac"])
+    assert res.exit_code == 0, res.output
+    assert "admission sheds at arrival" in res.stdout and "over_capacity" in res.stdout
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -165,3 +165,36 @@ def test_decode_message_reads_our_tasks_only():
     env["headers"]["task"] = "other"
     assert decode_message(json.dumps(env).encode()) is None
     assert decode_message(b"garbage") is None
+
+
+def test_shed_at_arrival_refuses_only_what_the_plan_predicts_to_finish_late():
+    """``policy.admits``: the queue drains at the plan's workers x batch per batch time, then
+    the query's own batch runs; only a plan that sheds refuses, and the flag survives the
+    plan's JSON (what the beat publishes) and the live view's."""
+    import dataclasses
+
+    from planner.plan import Plan
+
+    plan = dataclasses.replace(plan_for(0, 3, workers={"light_sdxl": 2}, batch={0: 4, 3: 1}),
+                               shed_at_arrival=True)
+    assert Plan.from_dict(plan.to_dict()).shed_at_arrival
+    p = policy.ActivePlan.from_plan(plan, sd35_registry())
+    assert p.shed_at_arrival and policy.ActivePlan.from_dict(p.to_dict()).shed_at_arrival
+
+    def seconds(b):
+        return 2.0  # any batch of up to 4 runs 2 s
+
+    # 2 workers x 4 per 2 s = 4 queries/s: 36 queued wait 9 s, then its own batch 2 s.
+    assert policy.predicted_finish_s(p, "light_sdxl", 36, 0, seconds, 8) == pytest.approx(11.0)
+    assert policy.admits(p, "light_sdxl", 36, 0, 11.0, seconds, 8)
+    assert not policy.admits(p, "light_sdxl", 37, 0, 11.0, seconds, 8)
+    assert policy.predicted_finish_s(p, "light_sdxl", 0, 0, seconds, 2) == 2.0  # capped batch
+    assert not policy.admits(p, "light_sdxl", 0, 0, 1.5, seconds, 8)  # even alone: too slow
+    assert not policy.admits(p, "heavy_sd35_large", 0, 3, 1e9, seconds, 8)  # no worker on it
+    keep_all = dataclasses.replace(p, shed_at_arrival=False)  # HADIS: drops at the deadline
+    assert policy.admits(keep_all, "light_sdxl", 10**6, 0, 1.0, seconds, 8)
+    assert not policy.ActivePlan.from_dict({**p.to_dict(), "shed_at_arrival": False}
+                                           ).shed_at_arrival
+    old = p.to_dict()
+    del old["shed_at_arrival"]  # a plan published before the flag existed
+    assert not policy.ActivePlan.from_dict(old).shed_at_arrival
