@@ -233,7 +233,13 @@ def generate_images():
             ids.append(row.id)
             deadline = max(deadline, row.deadline)
     except Exception as exc:
-        _withdraw(d, ids, exc)
+        withdrawn = _withdraw(d, ids, exc)
+        if withdrawn and isinstance(exc, ApiError):  # its message must not say "nothing"
+            raise OpenAIError(exc.status, exc.code, f"{exc.message} (image {len(ids) + 1} "
+                              f"of {len(req.generations)}; the {withdrawn} accepted before "
+                              "it were withdrawn, not generated)",
+                              param=getattr(exc, "param", None),
+                              retry_after=exc.retry_after) from None
         raise
     until = deadline + GRACE_S
     if request.environ.get(CAN_PARK):
@@ -244,21 +250,22 @@ def generate_images():
     return render(d, ids, req.response_format)
 
 
-def _withdraw(d, ids: list[str], exc: BaseException) -> None:
+def _withdraw(d, ids: list[str], exc: BaseException) -> int:
     """A request refused after some of its ``n`` images were accepted (e.g. the plan shed
     the rest: 503 over_capacity) answers with the error alone, so the accepted ones would
-    serve nobody: drop those no worker has claimed yet (``store.withdraw``)."""
+    serve nobody: drop those no worker has claimed yet (``store.withdraw``); how many."""
     if not ids:
-        return
+        return 0
     reason = (f"withdrawn: image {len(ids) + 1} of the same request was refused "
               f"({getattr(exc, 'code', type(exc).__name__)})")
     try:
         n = store.withdraw(d.engine, ids, reason, time.time())
     except Exception:  # SQL down too: the accepted images run and are kept, as before
         log.warning("could not withdraw %d accepted image(s) of a refused request", len(ids))
-        return
+        return 0
     event(log, "query.withdrawn", logging.INFO, query_ids=ids[:10], withdrawn=n,
           reason=reason)
+    return n
 
 
 def _model(id_: str, created: int) -> dict:

@@ -74,7 +74,9 @@ def test_an_openai_request_refused_part_way_withdraws_the_images_it_had(stack):
         resp = stack.client.post("/v1/images/generations", json={
             "prompt": prompt, "n": 2, "slo_s": 1.5 * one})
         assert resp.status_code == 503
-        assert resp.get_json()["error"]["code"] == "over_capacity"
+        err = resp.get_json()["error"]
+        assert err["code"] == "over_capacity" and int(resp.headers["Retry-After"]) > 0
+        assert "image 2 of 2; the 1 accepted before it were withdrawn" in err["message"]
         with stack.app.extensions["hadis"].engine.connect() as conn:
             rows = conn.execute(select(QueryRow.id, QueryRow.status, QueryRow.reason)
                                 .where(QueryRow.prompt == prompt)).all()
