@@ -9,13 +9,18 @@ at SLO 60 s and 30 s, 16 workers). ``--all`` runs 7 shapes x 6 peaks (about 4x l
 ``--all``), a wider check before a variant meets the reported set; ``--policy`` names the
 policy compared with HADIS and ``--set KEY=VALUE`` (repeatable) changes one of its
 ``PlusOptions`` (hadis-plus family only), so every variant in ``docs/plus.md`` is one
-command. A progress line per run goes to stderr; the last line on stdout is one JSON
+command; ``--hull SLO`` prints the bound's hull and what mixing pairs is worth, and stops.
+A progress line per run goes to stderr; the last line on stdout is one JSON
 object.
 
 Per trace and SLO: each policy's ``fid_all`` and violation ratio; the bound's least
 violation ratio (``min_violation``), its floor under ``fid_all`` at zero violations
 (``floor_zero``, null when zero is out of reach) and at the policy's own violation ratio
-(``floor_at_policy``); ``gap`` = policy ``fid_all`` / ``floor_at_policy`` - 1; and issue
+(``floor_at_policy``); ``gap`` = policy ``fid_all`` / ``floor_at_policy`` - 1; the same LP
+with each query's work confined to one planning period after its arrival
+(``period_floor_at_policy``, a reference, not a bound) and ``deferral_share``, the part of
+the gap that is the value of deferring work past one period into later lulls (foresight:
+``(period floor - floor) / (policy - floor)``, capped at 1); and issue
 21's targets: violations at most half of HADIS's (or both under 0.5 %), ``fid_all`` no worse
 than HADIS's, and (where the bound has zero violations) ``fid_all`` within 3 % of it.
 """
@@ -25,14 +30,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
+
+import numpy as np
 
 from hadis_celery.scenario import default_scenario
 from planner.baselines import PLANNERS, make_planner
 from planner.plus import HadisPlusPlanner, PlusOptions
 from sim.azure import azure_trace
-from sim.bound import FluidBound
+from sim.bound import FluidBound, config_points, lower_hull
 from sim.experiments import simulate
 from sim.scenario import TRACES, Scenario
 from sim.trace import Trace, read_trace
@@ -123,6 +131,7 @@ def run(which: str = "default", policy: str = "hadis-plus-ac", options: dict | N
                  "figures": {}}
     met = {"violations_half": 0, "fid_all_no_worse": 0, "within_3pct_of_bound": 0, "both": 0}
     n_cases = n_bound_zero = 0
+    deferrals: list[float] = []
     for trace in traces(sc, which):
         wl = build_workload(trace, [sc.imagenet])
         block = out["figures"].setdefault(trace.name, {"queries": len(trace)})
@@ -133,22 +142,32 @@ def run(which: str = "default", policy: str = "hadis-plus-ac", options: dict | N
             p = _fig(simulate(sc, wl, policy, slo_s=slo, options=options))
             zero = bound.fid_floor(0.0)
             at_p = bound.fid_floor(p["slo_violation_ratio"])
+            period = FluidBound(trace.arrival_s, sc.registry, sc.grid, sc.surface,
+                                sc.settings.workers, slo, window_s=sc.settings.period_s)
+            at_period = period.fid_floor(p["slo_violation_ratio"])
             b = {"min_violation": round(bound.min_violation(), 5),
                  "floor_zero": None if zero is None else round(zero, 4),
-                 "floor_at_policy": None if at_p is None else round(at_p, 4)}
+                 "floor_at_policy": None if at_p is None else round(at_p, 4),
+                 "period_floor_at_policy": None if at_period is None else round(at_period, 4)}
             gap = None if at_p is None else round(p["fid_all"] / at_p - 1, 4)
+            deferral = (None if at_p is None or at_period is None or p["fid_all"] <= at_p
+                        else round(min(1.0, (at_period - at_p) / (p["fid_all"] - at_p)), 3))
+            if deferral is not None:
+                deferrals.append(deferral)
             ok = targets(h, p, zero)
             n_cases += 1
             n_bound_zero += zero is not None
             for k, v in ok.items():
                 met[k] += v
             met["both"] += ok["violations_half"] and ok["fid_all_no_worse"]
-            block[f"{slo:g}"] = {"hadis": h, policy: p, "bound": b, "gap": gap, "targets": ok}
+            block[f"{slo:g}"] = {"hadis": h, policy: p, "bound": b, "gap": gap,
+                                 "deferral_share": deferral, "targets": ok}
             print(f"{trace.name} @{slo:g}s: hadis {h['fid_all']:.3f}/"
                   f"{h['slo_violation_ratio']:.4f} | {label} {p['fid_all']:.3f}/"
                   f"{p['slo_violation_ratio']:.4f} | bound "
                   f"v>={b['min_violation']:.4f} floor0={b['floor_zero']} "
-                  f"floor@v={b['floor_at_policy']} gap={gap} | "
+                  f"floor@v={b['floor_at_policy']} gap={gap} "
+                  f"period-floor@v={b['period_floor_at_policy']} deferral={deferral} | "
                   + " ".join(f"{k}={'ok' if v else 'NO'}" for k, v in ok.items()),
                   file=sys.stderr, flush=True)
     out["targets_met"] = {"violations_half": f"{met['violations_half']}/{n_cases}",
@@ -156,8 +175,44 @@ def run(which: str = "default", policy: str = "hadis-plus-ac", options: dict | N
                           "both": f"{met['both']}/{n_cases}",
                           "within_3pct_of_bound":
                               f"{met['within_3pct_of_bound']}/{n_bound_zero}"}
+    if deferrals:
+        d = sorted(deferrals)
+        out["deferral_share"] = {"cases": len(d), "min": d[0], "median": d[len(d) // 2],
+                                 "max": d[-1]}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def hull_report(slo_s: float, costs: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0)
+                ) -> dict:
+    """The bound's lower hull at ``slo_s`` and, at each budget in worker-seconds per query,
+    the hull's FID next to the best a plan of one pair reaches (that pair's own hull, with
+    its two models alone): the difference is what mixing pairs per query is worth."""
+    sc = default_scenario()
+    pts = config_points(sc.grid, sc.registry, sc.surface, slo_s)
+    hull = lower_hull(pts)
+    xs, ys = [h[0] for h in hull], [h[1] for h in hull]
+    singles = {p[2]: p for p in pts if ":" not in p[2]}
+    pairs: dict[str, list[tuple[float, float, str]]] = {}
+    for p in pts:
+        if ":" in p[2]:
+            pairs.setdefault(p[2].split("@")[0], []).append(p)
+    curves = {}
+    for key, own in pairs.items():
+        light, heavy = key.split(":")
+        ph = lower_hull(own + [singles[m] for m in (light, heavy) if m in singles])
+        curves[key] = ([h[0] for h in ph], [h[1] for h in ph])
+    at = []
+    for c in costs:
+        best = min(((float(np.interp(c, cx, cy)), k) for k, (cx, cy) in curves.items()
+                    if c >= cx[0]), default=(None, None))
+        at.append({"worker_s": c, "hull_fid": round(float(np.interp(c, xs, ys)), 3),
+                   "one_pair_fid": None if best[0] is None else round(best[0], 3),
+                   "pair": best[1]})
+    return {"slo_s": slo_s,
+            "hull": [{"worker_s": round(x, 3), "fid": round(y, 3), "point": lab}
+                     for x, y, lab in hull],
+            "at": at}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -173,7 +228,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a PlusOptions field of a hadis-plus policy (repeatable), "
                          "e.g. --set max_utilisation=0.8")
+    g.add_argument("--hull", type=float, metavar="SLO_S",
+                   help="print the bound's hull at this SLO and the best one-pair FID at "
+                        "several budgets, then stop (no simulation)")
     args = ap.parse_args(argv)
+    if args.hull is not None:
+        if not (math.isfinite(args.hull) and args.hull > 0):
+            ap.error(f"--hull takes a finite SLO in seconds > 0, got {args.hull:g}")
+        try:
+            return hull_report(args.hull)
+        except ValueError as exc:
+            ap.error(f"--hull {args.hull:g}: {exc} (no model runs within that SLO)")
     if args.policy not in PLANNERS:
         ap.error(f"unknown policy {args.policy!r} (one of {', '.join(PLANNERS)})")
     try:

@@ -12,7 +12,9 @@ Why a relaxation, step by step (each step only widens what the simulator allows)
   FID and no cost) can only do better than the groups the simulator forms.
 - **Only worker time is scarce.** A worker runs a batch of ``b`` in ``batch_seconds(b)``,
   so an image of model ``m`` costs at least ``1 / thr_m`` worker-seconds, ``thr_m`` its best
-  images per second over every batch size up to the largest profiled one. Swaps, the
+  images per second over every batch size up to the largest profiled one that ends within
+  the SLO (a longer batch cannot serve any member on time). A rerouted image pays a light
+  and a heavy run whose batches end within the SLO together (``cascade_seconds``). Swaps, the
   discriminator's time, queueing, routing and batch formation are ignored (all cost time or
   force choices); any model may run on any worker at any time.
 - **Deadlines per slot.** Time is cut into slots of ``slot_s`` (it divides the SLO). A query
@@ -53,21 +55,48 @@ from sim.fid import FidSurface, fallback_model
 TOL = 1e-9
 
 
-def best_throughput(registry: Registry) -> dict[int, float]:
+def best_throughput(registry: Registry, slo_s: float | None = None) -> dict[int, float]:
     """Images per second of one worker at its best batch, over every batch size the
-    simulator may run (1 .. the largest profiled; ``batch_seconds`` interpolates)."""
-    return {m.id: max(b / m.batch_seconds(b) for b in range(1, m.batch_sizes[-1] + 1))
-            for m in registry}
+    simulator may run (1 .. the largest profiled; ``batch_seconds`` interpolates) and, with
+    ``slo_s``, that ends within it (a longer batch serves nobody on time). A model with no
+    such batch is left out."""
+    out: dict[int, float] = {}
+    for m in registry:
+        fits = [b / m.batch_seconds(b) for b in range(1, m.batch_sizes[-1] + 1)
+                if slo_s is None or m.batch_seconds(b) <= slo_s + TOL]
+        if fits:
+            out[m.id] = max(fits)
+    return out
 
 
-def config_points(grid: Iterable[CascadeConfig], registry: Registry, surface: FidSurface
-                  ) -> list[tuple[float, float, str]]:
+def cascade_seconds(light, heavy, slo_s: float | None) -> float | None:
+    """Least worker-seconds of a rerouted image: a light run and then a heavy run whose
+    batches end within the SLO together (each image pays its batch's seconds per image);
+    None when no pair of batches fits."""
+    best = None
+    for bl in range(1, light.batch_sizes[-1] + 1):
+        sl = light.batch_seconds(bl)
+        for bh in range(1, heavy.batch_sizes[-1] + 1):
+            sh = heavy.batch_seconds(bh)
+            if slo_s is not None and sl + sh > slo_s + TOL:
+                continue
+            cost = sl / bl + sh / bh
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+def config_points(grid: Iterable[CascadeConfig], registry: Registry, surface: FidSurface,
+                  slo_s: float | None = None) -> list[tuple[float, float, str]]:
     """``(worker-seconds per image, FID, label)`` of every configuration the simulator can
     credit: each single model, and each pair's grid point (the profiled ``r`` and ``d``
-    values plus 0 and 1, where the surface clips)."""
-    thr = best_throughput(registry)
+    values plus 0 and 1, where the surface clips). With ``slo_s``, only batches that end
+    within the SLO count, and a rerouted image's two runs must end within it together."""
+    thr = best_throughput(registry, slo_s)
+    specs = {m.id: m for m in registry}
     pts: list[tuple[float, float, str]] = []
     for m in registry:
+        if m.id not in thr:
+            continue
         try:
             pts.append((1.0 / thr[m.id], surface.single(m.id), f"{m.id}"))
         except KeyError:
@@ -79,10 +108,14 @@ def config_points(grid: Iterable[CascadeConfig], registry: Registry, surface: Fi
             rs.add(round(c.router_ratio, 9))
             ds.add(round(c.disc_ratio, 9))
     for (light, heavy), (rs, ds) in sorted(axes.items()):
+        both = cascade_seconds(specs[light], specs[heavy], slo_s)
         for r in sorted(rs):
             for d in sorted(ds):
-                runs_light, runs_heavy = 1.0 - r, r + (1.0 - r) * d
-                cost = runs_light / thr[light] + runs_heavy / thr[heavy]
+                rerouted = (1.0 - r) * d
+                if rerouted > 0 and both is None:
+                    continue  # no light and heavy batch fit the SLO together
+                cost = ((1.0 - r) * (1.0 - d) / thr[light] + r / thr[heavy]
+                        + (rerouted * both if rerouted > 0 else 0.0))
                 pts.append((cost, surface.fid(light, heavy, r, d), f"{light}:{heavy}@{r:g},{d:g}"))
     if not pts:
         raise ValueError("no configuration with a profiled FID")
@@ -120,19 +153,28 @@ class BoundResult:
 
 
 class FluidBound:
-    """The fluid LP of one trace, workers, SLO and table (module doc)."""
+    """The fluid LP of one trace, workers, SLO and table (module doc).
+
+    ``window_s`` (default: the SLO) is how long after its arrival a query's work may run.
+    Shorter than the SLO, the LP is no longer a bound but a reference: the best schedule
+    that may not defer a query's work beyond ``window_s`` (e.g. one planning period), which
+    measures how much of a policy's gap to the bound is the value of deferring work into
+    later lulls (foresight), and how much is left even without it."""
 
     def __init__(self, arrival_s: np.ndarray, registry: Registry, grid: Iterable[CascadeConfig],
-                 surface: FidSurface, workers: int, slo_s: float, slot_s: float | None = None
-                 ) -> None:
+                 surface: FidSurface, workers: int, slo_s: float, slot_s: float | None = None,
+                 window_s: float | None = None) -> None:
         if workers <= 0 or slo_s <= 0:
             raise ValueError("workers and slo_s must be > 0")
-        self.slot_s = slot_s if slot_s is not None else slo_s / 12.0
-        k = slo_s / self.slot_s
+        window_s = slo_s if window_s is None else window_s
+        if not 0 < window_s <= slo_s:
+            raise ValueError(f"window_s must be in (0, the SLO {slo_s}], got {window_s}")
+        self.slot_s = slot_s if slot_s is not None else window_s / 12.0
+        k = window_s / self.slot_s
         self.window = int(round(k))
         if abs(k - self.window) > 1e-9 or self.window < 1:
-            raise ValueError(f"slot_s {self.slot_s} must divide the SLO {slo_s}")
-        self.hull = lower_hull(config_points(grid, registry, surface))
+            raise ValueError(f"slot_s {self.slot_s} must divide the window {window_s}")
+        self.hull = lower_hull(config_points(grid, registry, surface, slo_s))
         self.cost = np.array([h[0] for h in self.hull])
         self.fid = np.array([h[1] for h in self.hull])
         self.fallback_fid = fallback_model(registry, surface)[1]

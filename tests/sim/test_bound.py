@@ -17,7 +17,7 @@ from hadis_celery.scenario import default_scenario
 from planner.baselines import PLANNERS, make_planner
 from planner.demand import EwmaDemand
 from sim.azure import azure_trace, read_hourly, reshape, scaled_rates
-from sim.bound import FluidBound, config_points, lower_hull
+from sim.bound import FluidBound, best_throughput, cascade_seconds, config_points, lower_hull
 from sim.engine import DROPPED, Simulation
 from sim.experiments import refusal, simulate
 from sim.trace import poisson_trace
@@ -58,7 +58,7 @@ def test_hull_lies_under_every_configuration(sc):
 def test_floor_matches_closed_form(sc):
     # 10 queries at once, 1 worker, SLO 60 s, 5 s slots: slots 0..12 hold 65 worker-seconds,
     # so each query may use 6.5 of them: the floor is the hull at 6.5.
-    hull = lower_hull(config_points(sc.grid, sc.registry, sc.surface))
+    hull = lower_hull(config_points(sc.grid, sc.registry, sc.surface, 60.0))
     xs, ys = [h[0] for h in hull], [h[1] for h in hull]
     b = FluidBound(np.zeros(10), sc.registry, sc.grid, sc.surface, 1, 60.0, slot_s=5.0)
     assert b.min_violation() == 0.0
@@ -70,6 +70,52 @@ def test_floor_matches_closed_form(sc):
     # More violations allowed never raises the floor.
     floors = [b.fid_floor(v) for v in (0.6, 0.7, 0.9)]
     assert floors[0] >= floors[1] >= floors[2]
+
+
+def test_only_batches_that_end_within_the_slo_count(sc):
+    # A batch longer than the SLO serves nobody on time (policy.take_batch), so the bound's
+    # best throughput of a model is over the batches that fit, and a rerouted image's light
+    # and heavy runs must fit together.
+    free = best_throughput(sc.registry)
+    for slo_s in (60.0, 30.0, 10.0):
+        capped = best_throughput(sc.registry, slo_s)
+        for m in sc.registry:
+            fits = [b for b in range(1, m.batch_sizes[-1] + 1) if m.batch_seconds(b) <= slo_s]
+            if not fits:
+                assert m.id not in capped
+                continue
+            assert capped[m.id] == pytest.approx(max(b / m.batch_seconds(b) for b in fits))
+            assert capped[m.id] <= free[m.id] + 1e-12
+    slow = max(sc.registry, key=lambda m: m.latency_b1)
+    fast = min(sc.registry, key=lambda m: m.latency_b1)
+    assert best_throughput(sc.registry, slow.latency_b1)[slow.id] == pytest.approx(
+        1 / slow.latency_b1)  # only a batch of one fits
+    assert cascade_seconds(fast, slow, slow.latency_b1) is None  # no room for the light run
+    both = cascade_seconds(fast, slow, fast.latency_b1 + slow.latency_b1)
+    assert both == pytest.approx(fast.latency_b1 + slow.latency_b1)
+    # A tighter SLO never lowers the floor.
+    trace = _traces(sc)[0]
+    floors = [FluidBound(trace.arrival_s, sc.registry, sc.grid, sc.surface, 16, s,
+                         slot_s=2.5).fid_floor(0.0) for s in (60.0, 30.0)]
+    assert floors[0] <= floors[1]
+
+
+def test_a_shorter_window_is_a_reference_above_the_bound(sc):
+    # Confining each query's work to one planning period after its arrival can only raise
+    # the floor (and the least violations); it is what bench.bound reports as the part of a
+    # policy's gap that deferring work into later lulls is worth.
+    trace = _traces(sc)[2]
+    full = FluidBound(trace.arrival_s, sc.registry, sc.grid, sc.surface, 16, 60.0)
+    period = FluidBound(trace.arrival_s, sc.registry, sc.grid, sc.surface, 16, 60.0,
+                        window_s=sc.settings.period_s)
+    assert period.min_violation() >= full.min_violation() - 1e-9
+    for v in (0.05, 0.2):
+        assert period.fid_floor(v) >= full.fid_floor(v) - 1e-9
+    assert period.fid_floor(0.2) > full.fid_floor(0.2) + 0.1  # a burst: deferral matters
+    for bad in (0.0, 61.0):
+        with pytest.raises(ValueError, match="window_s must be in"):
+            FluidBound(trace.arrival_s, sc.registry, sc.grid, sc.surface, 16, 60.0,
+                       window_s=bad)
 
 
 @pytest.mark.parametrize("slo_s", [60.0, 30.0])

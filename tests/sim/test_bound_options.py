@@ -68,3 +68,22 @@ def test_simulate_runs_the_overridden_planner(reference):
     assert len(common) >= 8
     assert all(b[t] >= a[t] for t in common) and any(b[t] > a[t] for t in common)
     assert roomy.n == default.n == len(wl)
+
+
+def test_hull_report_puts_the_one_pair_curve_on_or_above_the_hull(capsys):
+    """``--hull SLO``: the bound's hull and, per budget, the best FID a plan of one pair
+    reaches; mixing pairs per query is what the difference is worth, so it is never
+    negative, and it is positive somewhere (the hull's long edge between two pairs)."""
+    out = main(["--hull", "60"])
+    xs = [v["worker_s"] for v in out["hull"]]
+    assert xs == sorted(xs) and len(xs) >= 3
+    gaps = [a["one_pair_fid"] - a["hull_fid"] for a in out["at"]
+            if a["one_pair_fid"] is not None]
+    assert gaps and min(gaps) >= -1e-6 and max(gaps) > 0.05
+    for bad, says in (("0", "finite SLO"), ("inf", "finite SLO"),
+                      ("0.1", "no model runs within that SLO")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--hull", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
