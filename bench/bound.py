@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "several budgets, then stop (no simulation)")
     args = ap.parse_args(argv)
     if args.hull is not None:
+        if args.set or args.policy != ap.get_default("policy"):
+            ap.error("--hull prints the bound alone: it takes no --policy or --set")
         if not (math.isfinite(args.hull) and args.hull > 0):
             ap.error(f"--hull takes a finite SLO in seconds > 0, got {args.hull:g}")
         try:

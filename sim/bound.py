@@ -49,7 +49,7 @@ from scipy import sparse
 from scipy.optimize import linprog
 
 from planner.cascade import CascadeConfig
-from planner.registry import Registry
+from planner.registry import ModelSpec, Registry
 from sim.fid import FidSurface, fallback_model
 
 TOL = 1e-9
@@ -69,7 +69,8 @@ def best_throughput(registry: Registry, slo_s: float | None = None) -> dict[int,
     return out
 
 
-def cascade_seconds(light, heavy, slo_s: float | None) -> float | None:
+def cascade_seconds(light: ModelSpec, heavy: ModelSpec, slo_s: float | None
+                    ) -> float | None:
     """Least worker-seconds of a rerouted image: a light run and then a heavy run whose
     batches end within the SLO together (each image pays its batch's seconds per image);
     None when no pair of batches fits."""

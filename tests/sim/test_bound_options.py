@@ -81,9 +81,10 @@ def test_hull_report_puts_the_one_pair_curve_on_or_above_the_hull(capsys):
             if a["one_pair_fid"] is not None]
     assert gaps and min(gaps) >= -1e-6 and max(gaps) > 0.05
     for bad, says in (("0", "finite SLO"), ("inf", "finite SLO"),
-                      ("0.1", "no model runs within that SLO")):
+                      ("0.1", "no model runs within that SLO"),
+                      ("60 --set swap_delay_s=1", "takes no --policy or --set")):
         with pytest.raises(SystemExit) as exc:
-            main(["--hull", bad])
+            main(["--hull", *bad.split()])
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err
