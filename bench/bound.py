@@ -9,7 +9,7 @@ at SLO 60 s and 30 s, 16 workers). ``--all`` runs 7 shapes x 6 peaks (about 4x l
 ``--all``), a wider check before a variant meets the reported set; ``--policy`` names the
 policy compared with HADIS and ``--set KEY=VALUE`` (repeatable) changes one of its
 ``PlusOptions`` (hadis-plus family only), so every variant in ``docs/plus.md`` is one
-command; ``--hull SLO`` prints the bound's hull and what mixing pairs is worth, and stops.
+command; ``--hull SLO`` prints what mixing two pairs per query is worth, and stops.
 A progress line per run goes to stderr; the last line on stdout is one JSON
 object.
 
@@ -33,6 +33,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from hadis_celery.scenario import default_scenario
 from planner.baselines import PLANNERS, make_planner
 from planner.plus import HadisPlusPlanner, PlusOptions
 from sim.azure import azure_trace
-from sim.bound import FluidBound, config_points, lower_hull
+from sim.bound import FluidBound, config_points, lower_hull, one_pair_floor, pair_curves
 from sim.experiments import simulate
 from sim.scenario import TRACES, Scenario
 from sim.trace import Trace, read_trace
@@ -183,36 +184,48 @@ def run(which: str = "default", policy: str = "hadis-plus-ac", options: dict | N
     return out
 
 
-def hull_report(slo_s: float, costs: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0)
-                ) -> dict:
-    """The bound's lower hull at ``slo_s`` and, at each budget in worker-seconds per query,
-    the hull's FID next to the best a plan of one pair reaches (that pair's own hull, with
-    its two models alone): the difference is what mixing pairs per query is worth."""
+def hull_report(slo_s: float, costs: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0),
+                on: Sequence[Trace] | None = None) -> dict:
+    """What mixing two pairs per query is worth, at ``slo_s``.
+
+    ``at``: per budget in worker-seconds per query, the bound's hull next to the best one
+    pair's own curve (a plan has one pair, so per query and at a fixed budget it cannot mix
+    along the hull's edges between pairs). ``schedules``: on the three reference traces, the
+    bound's floor at zero violations next to the same with one pair per planning period
+    (``sim.bound.one_pair_floor``), over the SLO and over one period: what mixing is worth
+    once plans may alternate pairs between periods (at no swap cost). ``on``: other traces."""
     sc = default_scenario()
-    pts = config_points(sc.grid, sc.registry, sc.surface, slo_s)
-    hull = lower_hull(pts)
+    hull = lower_hull(config_points(sc.grid, sc.registry, sc.surface, slo_s))
     xs, ys = [h[0] for h in hull], [h[1] for h in hull]
-    singles = {p[2]: p for p in pts if ":" not in p[2]}
-    pairs: dict[str, list[tuple[float, float, str]]] = {}
-    for p in pts:
-        if ":" in p[2]:
-            pairs.setdefault(p[2].split("@")[0], []).append(p)
-    curves = {}
-    for key, own in pairs.items():
-        light, heavy = key.split(":")
-        ph = lower_hull(own + [singles[m] for m in (light, heavy) if m in singles])
-        curves[key] = ([h[0] for h in ph], [h[1] for h in ph])
+    curves = pair_curves(sc.grid, sc.registry, sc.surface, slo_s)
     at = []
     for c in costs:
-        best = min(((float(np.interp(c, cx, cy)), k) for k, (cx, cy) in curves.items()
-                    if c >= cx[0]), default=(None, None))
+        best = min(((float(np.interp(c, [h[0] for h in cv], [h[1] for h in cv])), k)
+                    for k, cv in curves.items() if c >= cv[0][0]), default=(None, None))
         at.append({"worker_s": c, "hull_fid": round(float(np.interp(c, xs, ys)), 3),
                    "one_pair_fid": None if best[0] is None else round(best[0], 3),
                    "pair": best[1]})
+    period = sc.settings.period_s
+    schedules = []
+    for trace in on if on is not None else [read_trace(sc.trace_path(t)) for t in TRACES]:
+        name = trace.name
+        for window in (slo_s, min(period, slo_s)):
+            free = FluidBound(trace.arrival_s, sc.registry, sc.grid, sc.surface,
+                              sc.settings.workers, slo_s, window_s=window).fid_floor(0.0)
+            one = one_pair_floor(trace.arrival_s, sc.registry, sc.grid, sc.surface,
+                                 sc.settings.workers, slo_s, period, window_s=window,
+                                 time_limit_s=60.0)
+            schedules.append({"trace": name, "window_s": window,
+                              "floor": None if free is None else round(free, 4),
+                              "one_pair_floor": None if one.fid is None else round(one.fid, 4),
+                              "proven": one.proven})
+            print(f"{name} window {window:g}s: floor {free} one pair per period {one.fid} "
+                  f"({'proven' if one.proven else 'best found in the time limit'})",
+                  file=sys.stderr, flush=True)
     return {"slo_s": slo_s,
             "hull": [{"worker_s": round(x, 3), "fid": round(y, 3), "point": lab}
                      for x, y, lab in hull],
-            "at": at}
+            "at": at, "schedules": schedules}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -229,8 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a PlusOptions field of a hadis-plus policy (repeatable), "
                          "e.g. --set max_utilisation=0.8")
     g.add_argument("--hull", type=float, metavar="SLO_S",
-                   help="print the bound's hull at this SLO and the best one-pair FID at "
-                        "several budgets, then stop (no simulation)")
+                   help="what mixing two pairs per query is worth at this SLO: the bound's "
+                        "hull against one pair's curve, and one pair per period on the "
+                        "reference traces (about 2 minutes, no simulation)")
     args = ap.parse_args(argv)
     if args.hull is not None:
         if args.set or args.policy != ap.get_default("policy"):

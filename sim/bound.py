@@ -278,3 +278,93 @@ class FluidBound:
 
     def result(self) -> BoundResult:
         return BoundResult(self.min_violation(), self.fid_floor(0.0), self.n)
+
+
+def pair_curves(grid: Iterable[CascadeConfig], registry: Registry, surface: FidSurface,
+                slo_s: float) -> dict[str, list[tuple[float, float, str]]]:
+    """Per pair ``"light:heavy"``: the lower hull of its own grid points and its two models
+    alone, what a plan of that one pair can mix per query (routing and reject shares)."""
+    pts = config_points(grid, registry, surface, slo_s)
+    singles = {p[2]: p for p in pts if ":" not in p[2]}
+    own: dict[str, list[tuple[float, float, str]]] = {}
+    for p in pts:
+        if ":" in p[2]:
+            own.setdefault(p[2].split("@")[0], []).append(p)
+    return {key: lower_hull(ps + [singles[m] for m in key.split(":") if m in singles])
+            for key, ps in sorted(own.items())}
+
+
+@dataclass(frozen=True)
+class OnePairResult:
+    fid: float | None  # least fid_all found (None: no schedule at that violation ratio)
+    proven: bool  # the solver proved it optimal (else: the best found in the time limit)
+
+
+def one_pair_floor(arrival_s: np.ndarray, registry: Registry, grid: Iterable[CascadeConfig],
+                   surface: FidSurface, workers: int, slo_s: float, period_s: float,
+                   window_s: float | None = None, max_violation: float = 0.0,
+                   time_limit_s: float = 120.0) -> OnePairResult:
+    """``FluidBound.fid_floor`` when every planning period serves its arrivals with one pair
+    (a mixed-integer program: a binary per period and pair). A reference, not a bound (a
+    rerouted query is credited to the pair that judged it, which may be a later plan's), that
+    measures what mixing two pairs per query is worth when plans may alternate pairs from
+    one period to the next at no swap cost: compare it with ``FluidBound`` on the same
+    trace, workers, SLO and window."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    curves = list(pair_curves(grid, registry, surface, slo_s).values())
+    fallback = fallback_model(registry, surface)[1]
+    window_s = slo_s if window_s is None else window_s
+    slot, span = window_s / 12.0, 12
+    t = np.asarray(arrival_s, dtype=float)
+    if not len(t):
+        return OnePairResult(float("nan"), True)
+    arrivals = np.bincount(np.floor(t / slot).astype(int))
+    obj: list[float] = []
+    binary: list[int] = []
+    rows: list[tuple[dict[int, float], float, float]] = []
+    per_period: dict[int, list[int]] = {}
+    per_slot: dict[int, list[int]] = {}
+    drops: list[int] = []
+
+    def var(fid: float, is_binary: int = 0) -> int:
+        obj.append(fid)
+        binary.append(is_binary)
+        return len(obj) - 1
+
+    for i, a in enumerate(arrivals):
+        if a == 0:
+            continue
+        k = int(i * slot // period_s)
+        if k not in per_period:
+            per_period[k] = [var(0.0, 1) for _ in curves]
+            rows.append(({z: 1.0 for z in per_period[k]}, 1.0, 1.0))
+        served: dict[int, float] = {}
+        work: dict[int, float] = {}
+        for z, curve in zip(per_period[k], curves, strict=True):
+            xs = [var(fid) for _, fid, _ in curve]
+            rows.append(({**{x: 1.0 for x in xs}, z: -float(a)}, -np.inf, 0.0))
+            for x, (cost, _, _) in zip(xs, curve, strict=True):
+                served[x], work[x] = 1.0, cost
+        d = var(fallback)
+        drops.append(d)
+        served[d] = 1.0
+        rows.append((served, float(a), float(a)))
+        for j in range(i, i + span + 1):
+            w = var(0.0)
+            work[w] = -1.0
+            per_slot.setdefault(j, []).append(w)
+        rows.append((work, -np.inf, 0.0))
+    for cols in per_slot.values():
+        rows.append(({c: 1.0 for c in cols}, -np.inf, workers * slot))
+    rows.append(({d: 1.0 for d in drops}, -np.inf, max_violation * len(t) + TOL))
+    r, c, v = zip(*[(k, col, val) for k, (cols, _, _) in enumerate(rows)
+                    for col, val in cols.items()], strict=True)
+    a_mat = sparse.csr_array((v, (r, c)), shape=(len(rows), len(obj)))
+    res = milp(np.array(obj), integrality=np.array(binary),
+               constraints=LinearConstraint(a_mat, [x[1] for x in rows], [x[2] for x in rows]),
+               bounds=Bounds(0, np.where(np.array(binary) == 1, 1.0, np.inf)),
+               options={"time_limit": time_limit_s, "mip_rel_gap": 1e-4})
+    if res.x is None:
+        return OnePairResult(None, res.status == 2)
+    return OnePairResult(float(res.fun) / len(t), res.status == 0)

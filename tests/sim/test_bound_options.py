@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.bound import main, plus_options
+from bench.bound import hull_report, main, plus_options
 from hadis_celery.scenario import default_scenario
 from planner.baselines import make_planner
 from planner.plus import PlusOptions
@@ -70,16 +70,22 @@ def test_simulate_runs_the_overridden_planner(reference):
     assert roomy.n == default.n == len(wl)
 
 
-def test_hull_report_puts_the_one_pair_curve_on_or_above_the_hull(capsys):
-    """``--hull SLO``: the bound's hull and, per budget, the best FID a plan of one pair
-    reaches; mixing pairs per query is what the difference is worth, so it is never
-    negative, and it is positive somewhere (the hull's long edge between two pairs)."""
-    out = main(["--hull", "60"])
+def test_hull_report_measures_what_mixing_pairs_is_worth(capsys):
+    """``--hull SLO``: per budget, one pair's own curve is never under the bound's hull and is
+    over it somewhere (the hull's edges between pairs); per trace, one pair per planning
+    period (a MILP) is never under the bound's LP floor, over the SLO or over one period."""
+    sc = default_scenario()
+    trace = poisson_trace([(20.0, 3.0), (20.0, 14.0), (20.0, 4.0)], len(sc.imagenet), seed=4,
+                          name="swing14")
+    out = hull_report(60.0, on=[trace])
     xs = [v["worker_s"] for v in out["hull"]]
     assert xs == sorted(xs) and len(xs) >= 3
     gaps = [a["one_pair_fid"] - a["hull_fid"] for a in out["at"]
             if a["one_pair_fid"] is not None]
     assert gaps and min(gaps) >= -1e-6 and max(gaps) > 0.05
+    assert {s["window_s"] for s in out["schedules"]} == {60.0, sc.settings.period_s}
+    for s in out["schedules"]:
+        assert s["proven"] and s["one_pair_floor"] >= s["floor"] - 1e-4
     for bad, says in (("0", "finite SLO"), ("inf", "finite SLO"),
                       ("0.1", "no model runs within that SLO"),
                       ("60 --set swap_delay_s=1", "takes no --policy or --set")):
