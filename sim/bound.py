@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
-from scipy.optimize import linprog
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
 from planner.cascade import CascadeConfig
 from planner.registry import ModelSpec, Registry
@@ -310,8 +310,6 @@ def one_pair_floor(arrival_s: np.ndarray, registry: Registry, grid: Iterable[Cas
     measures what mixing two pairs per query is worth when plans may alternate pairs from
     one period to the next at no swap cost: compare it with ``FluidBound`` on the same
     trace, workers, SLO and window."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     curves = list(pair_curves(grid, registry, surface, slo_s).values())
     fallback = fallback_model(registry, surface)[1]
     window_s = slo_s if window_s is None else window_s
