@@ -310,14 +310,13 @@ def one_pair_floor(arrival_s: np.ndarray, registry: Registry, grid: Iterable[Cas
     measures what mixing two pairs per query is worth when plans may alternate pairs from
     one period to the next at no swap cost: compare it with ``FluidBound`` on the same
     trace, workers, SLO and window."""
-    curves = list(pair_curves(grid, registry, surface, slo_s).values())
-    fallback = fallback_model(registry, surface)[1]
-    window_s = slo_s if window_s is None else window_s
-    slot, span = window_s / 12.0, 12
-    t = np.asarray(arrival_s, dtype=float)
-    if not len(t):
+    grid = list(grid)
+    # The LP's slots, cohorts, capacity and fallback (and its checks of the window).
+    lp = FluidBound(arrival_s, registry, grid, surface, workers, slo_s, window_s=window_s)
+    if not lp.n:
         return OnePairResult(float("nan"), True)
-    arrivals = np.bincount(np.floor(t / slot).astype(int))
+    curves = list(pair_curves(grid, registry, surface, slo_s).values())
+    slot, span, arrivals = lp.slot_s, lp.window, lp.arrivals
     obj: list[float] = []
     binary: list[int] = []
     rows: list[tuple[dict[int, float], float, float]] = []
@@ -333,7 +332,7 @@ def one_pair_floor(arrival_s: np.ndarray, registry: Registry, grid: Iterable[Cas
     for i, a in enumerate(arrivals):
         if a == 0:
             continue
-        k = int(i * slot // period_s)
+        k = int(round(i * slot, 9) // period_s)
         if k not in per_period:
             per_period[k] = [var(0.0, 1) for _ in curves]
             rows.append(({z: 1.0 for z in per_period[k]}, 1.0, 1.0))
@@ -344,7 +343,7 @@ def one_pair_floor(arrival_s: np.ndarray, registry: Registry, grid: Iterable[Cas
             rows.append(({**{x: 1.0 for x in xs}, z: -float(a)}, -np.inf, 0.0))
             for x, (cost, _, _) in zip(xs, curve, strict=True):
                 served[x], work[x] = 1.0, cost
-        d = var(fallback)
+        d = var(lp.fallback_fid)
         drops.append(d)
         served[d] = 1.0
         rows.append((served, float(a), float(a)))
@@ -354,8 +353,8 @@ def one_pair_floor(arrival_s: np.ndarray, registry: Registry, grid: Iterable[Cas
             per_slot.setdefault(j, []).append(w)
         rows.append((work, -np.inf, 0.0))
     for cols in per_slot.values():
-        rows.append(({c: 1.0 for c in cols}, -np.inf, workers * slot))
-    rows.append(({d: 1.0 for d in drops}, -np.inf, max_violation * len(t) + TOL))
+        rows.append(({c: 1.0 for c in cols}, -np.inf, lp.capacity))
+    rows.append(({d: 1.0 for d in drops}, -np.inf, max_violation * lp.n + TOL))
     r, c, v = zip(*[(k, col, val) for k, (cols, _, _) in enumerate(rows)
                     for col, val in cols.items()], strict=True)
     a_mat = sparse.csr_array((v, (r, c)), shape=(len(rows), len(obj)))
@@ -365,4 +364,4 @@ def one_pair_floor(arrival_s: np.ndarray, registry: Registry, grid: Iterable[Cas
                options={"time_limit": time_limit_s, "mip_rel_gap": 1e-4})
     if res.x is None:
         return OnePairResult(None, res.status == 2)
-    return OnePairResult(float(res.fun) / len(t), res.status == 0)
+    return OnePairResult(float(res.fun) / lp.n, res.status == 0)

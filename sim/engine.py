@@ -473,10 +473,8 @@ class Simulation:
         self.path[i] = PATHS.index("direct" if role == policy.HEAVY else "light")
         if self.active.shed_at_arrival:  # the front door's admission rule
             spec = self.registry.by_queue(q)
-            extra = self.s.disc_s if q.startswith("light_") else 0.0
             if not policy.admits(self.active, q, len(self.queues.get(q, ())), spec.id,
-                                 self.s.slo_s, lambda b: spec.batch_seconds(b) + extra,
-                                 max(spec.batch_sizes)):
+                                 self.s.slo_s, self._run_seconds(q), max(spec.batch_sizes)):
                 self._end(i, DROPPED, reason=f"shed at arrival: {q} cannot finish it "
                           "within the SLO")
                 return
@@ -490,6 +488,13 @@ class Simulation:
                 self._dispatch(w)
                 break
 
+    def _run_seconds(self, q: str) -> Callable[[int], float]:
+        """Seconds a batch of ``b`` takes on queue ``q``: the model's profiled batch time,
+        plus the discriminator's on a light queue (admission and dispatch use the same)."""
+        spec = self.registry.by_queue(q)
+        extra = self.s.disc_s if q.startswith("light_") else 0.0
+        return lambda b: spec.batch_seconds(b) + extra
+
     def _dispatch(self, w: int) -> None:
         q = self.w_queue[w]
         if q is None or self.w_busy[w]:
@@ -500,9 +505,8 @@ class Simulation:
         spec = self.registry.by_queue(q)
         assert self.plan is not None
         cap = self.active.batch_for(spec.id, max(spec.batch_sizes))  # the worker's cap
-        extra = self.s.disc_s if q.startswith("light_") else 0.0
-        choice = policy.take_batch(self.now, _QueuedDeadlines(dq, self.deadline), cap,
-                                   lambda b: spec.batch_seconds(b) + extra)
+        seconds = self._run_seconds(q)
+        choice = policy.take_batch(self.now, _QueuedDeadlines(dq, self.deadline), cap, seconds)
         seen = [dq.popleft() for _ in range(choice.seen)]
         for k in choice.drop:
             self._end(seen[k], DROPPED, reason=f"cannot meet deadline on {q}")
@@ -514,7 +518,7 @@ class Simulation:
         b = len(batch)
         self.w_busy[w] = True
         self.executions[spec.id] += len(batch)
-        self._push(self.now + spec.batch_seconds(b) + extra, _DONE, w, batch)
+        self._push(self.now + seconds(b), _DONE, w, batch)
 
     def _done(self, w: int, batch: list[int]) -> None:
         q = self.w_queue[w]
