@@ -9,7 +9,9 @@ at SLO 60 s and 30 s, 16 workers). ``--all`` runs 7 shapes x 6 peaks (about 4x l
 ``--all``), a wider check before a variant meets the reported set; ``--policy`` names the
 policy compared with HADIS and ``--set KEY=VALUE`` (repeatable) changes one of its
 ``PlusOptions`` (hadis-plus family only), so every variant in ``docs/plus.md`` is one
-command; ``--hull SLO`` prints what mixing two pairs per query is worth, and stops.
+command; ``--hull SLO`` prints what mixing two pairs per query is worth, and stops;
+``--steady SLO`` splits the policy's gap at steady loads (no foresight needed there) into
+mixing pairs, the plan's granularity and running it, and stops.
 A progress line per run goes to stderr; the last line on stdout is one JSON
 object.
 
@@ -39,12 +41,21 @@ import numpy as np
 
 from hadis_celery.scenario import default_scenario
 from planner.baselines import PLANNERS, make_planner
+from planner.plan import PlannerInputError, PlannerState
 from planner.plus import HadisPlusPlanner, PlusOptions
 from sim.azure import azure_trace
-from sim.bound import FluidBound, config_points, lower_hull, one_pair_floor, pair_curves
+from sim.bound import (
+    FluidBound,
+    concurrent_pair_gain,
+    config_points,
+    lower_hull,
+    one_pair_fid_at,
+    one_pair_floor,
+    pair_curves,
+)
 from sim.experiments import simulate
 from sim.scenario import TRACES, Scenario
-from sim.trace import Trace, read_trace
+from sim.trace import Trace, poisson_trace, read_trace
 from sim.workload import build_workload
 
 SLOS = (60.0, 30.0)
@@ -193,22 +204,31 @@ def hull_report(slo_s: float, costs: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.
     along the hull's edges between pairs). ``schedules``: on the three reference traces, the
     bound's floor at zero violations next to the same with one pair per planning period
     (``sim.bound.one_pair_floor``), over the SLO and over one period: what mixing is worth
-    once plans may alternate pairs between periods (at no swap cost). ``on``: other traces."""
+    once plans may alternate pairs between periods (at no swap cost). ``concurrent``: on the
+    same traces, at each period's load, the hull against one pair
+    (``sim.bound.concurrent_pair_gain``): what plans serving two pairs at once would add,
+    without switching and without the LP's foresight. ``on``: other traces."""
     sc = default_scenario()
     hull = lower_hull(config_points(sc.grid, sc.registry, sc.surface, slo_s))
     xs, ys = [h[0] for h in hull], [h[1] for h in hull]
     curves = pair_curves(sc.grid, sc.registry, sc.surface, slo_s)
     at = []
     for c in costs:
-        best = min(((float(np.interp(c, [h[0] for h in cv], [h[1] for h in cv])), k)
-                    for k, cv in curves.items() if c >= cv[0][0]), default=(None, None))
+        best = one_pair_fid_at(curves, c) or (None, None)
         at.append({"worker_s": c, "hull_fid": round(float(np.interp(c, xs, ys)), 3),
                    "one_pair_fid": None if best[0] is None else round(best[0], 3),
                    "pair": best[1]})
     period = sc.settings.period_s
-    schedules = []
+    schedules, concurrent = [], []
     for trace in on if on is not None else [read_trace(sc.trace_path(t)) for t in TRACES]:
         name = trace.name
+        both, one_pair = concurrent_pair_gain(trace.arrival_s, hull, curves,
+                                              sc.settings.workers, period, slo_s)
+        concurrent.append({"trace": name, "hull_fid": round(both, 4),
+                           "one_pair_fid": round(one_pair, 4),
+                           "gain": round(one_pair / both - 1, 5)})
+        print(f"{name}: at each period's load, two pairs at once {both:.4f}, one pair "
+              f"{one_pair:.4f} ({one_pair / both - 1:+.2%})", file=sys.stderr, flush=True)
         for window in (slo_s, min(period, slo_s)):
             free = FluidBound(trace.arrival_s, sc.registry, sc.grid, sc.surface,
                               sc.settings.workers, slo_s, window_s=window).fid_floor(0.0)
@@ -225,7 +245,59 @@ def hull_report(slo_s: float, costs: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.
     return {"slo_s": slo_s,
             "hull": [{"worker_s": round(x, 3), "fid": round(y, 3), "point": lab}
                      for x, y, lab in hull],
-            "at": at, "schedules": schedules}
+            "at": at, "schedules": schedules, "concurrent": concurrent}
+
+
+STEADY_QPS = (4.0, 6.0, 8.0, 11.0, 14.0, 18.0, 25.0)
+
+
+def steady_report(slo_s: float, policy: str = "hadis-plus-ac", options: dict | None = None,
+                  loads: Sequence[float] = STEADY_QPS, duration_s: float = 700.0) -> dict:
+    """Where a policy's gap goes at a steady load, where the bound needs no foresight.
+
+    Per rate, on ``workers``: the bound's hull at ``workers / rate`` worker-seconds a
+    query (the fluid optimum of a steady load), the best one pair there, the FID of the
+    plan the policy makes for that rate with empty queues (what one plan of whole workers,
+    profiled grid points and its queue margins reaches), and the ``fid_all`` of a
+    ``duration_s`` Poisson run with each period's demand known (``oracle``) and with the
+    EWMA, with how often the plan's pair changed. Read left to right, each step is one
+    cause: mixing pairs, the plan's granularity, then running it (queues, switches)."""
+    sc = default_scenario()
+    options = dict(options or {})
+    w = sc.settings.workers
+    hull = lower_hull(config_points(sc.grid, sc.registry, sc.surface, slo_s))
+    xs, ys = [h[0] for h in hull], [h[1] for h in hull]
+    curves = pair_curves(sc.grid, sc.registry, sc.surface, slo_s)
+    rows = []
+    for qps in loads:
+        budget = float(np.clip(w / qps, xs[0], xs[-1]))
+        one = one_pair_fid_at(curves, budget)
+        st = PlannerState(demand=qps, workers=w, slo_s=slo_s, table=sc.table,
+                          registry=sc.registry)
+        plan = make_planner(policy, **options).plan(st)
+        trace = poisson_trace([(duration_s, qps)], len(sc.imagenet), seed=3,
+                              name=f"steady{qps:g}")
+        wl = build_workload(trace, [sc.imagenet])
+        row = {"qps": qps, "worker_s": round(w / qps, 3),
+               "hull_fid": round(float(np.interp(budget, xs, ys)), 4),
+               "one_pair_fid": None if one is None else round(one[0], 4),
+               "plan_fid": round(plan.fid, 4),
+               "plan": f"{plan.config.light}:{plan.config.heavy}@{plan.config.router_ratio:g},"
+                       f"{plan.config.disc_ratio:g}"}
+        for label, oracle in (("oracle", True), ("ewma", False)):
+            res = simulate(sc, wl, policy, slo_s=slo_s, options=options, oracle=oracle)
+            pairs = [tuple(t["pair"]) for t in res.timeline]
+            row[label] = {**_fig(res),
+                          "pair_changes": sum(a != b for a, b in zip(pairs[:-1], pairs[1:],
+                                                                strict=True))}
+        rows.append(row)
+        print(f"{qps:g} q/s: hull {row['hull_fid']} one pair {row['one_pair_fid']} plan "
+              f"{row['plan_fid']} ({row['plan']}) | oracle {row['oracle']['fid_all']}/"
+              f"{row['oracle']['slo_violation_ratio']} ({row['oracle']['pair_changes']} pair "
+              f"changes) | ewma {row['ewma']['fid_all']}/{row['ewma']['slo_violation_ratio']} "
+              f"({row['ewma']['pair_changes']})", file=sys.stderr, flush=True)
+    return {"slo_s": slo_s, "policy": policy, "options": options, "workers": w,
+            "duration_s": duration_s, "loads": rows}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -245,6 +317,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="what mixing two pairs per query is worth at this SLO: the bound's "
                         "hull against one pair's curve, and one pair per period on the "
                         "reference traces (about 2 minutes, no simulation)")
+    g.add_argument("--steady", type=float, metavar="SLO_S",
+                   help="where the policy's gap goes at steady loads (4-25 q/s) at this SLO: "
+                        "the hull, one pair, the policy's plan, and simulated runs (about "
+                        "1 minute)")
     args = ap.parse_args(argv)
     if args.hull is not None:
         if args.set or args.policy != ap.get_default("policy"):
@@ -261,6 +337,13 @@ def main(argv: list[str] | None = None) -> dict:
         options = plus_options(args.policy, args.set)
     except ValueError as exc:
         ap.error(str(exc))
+    if args.steady is not None:
+        if not (math.isfinite(args.steady) and args.steady > 0):
+            ap.error(f"--steady takes a finite SLO in seconds > 0, got {args.steady:g}")
+        try:
+            return steady_report(args.steady, args.policy, options)
+        except (ValueError, PlannerInputError) as exc:
+            ap.error(f"--steady {args.steady:g}: {exc}")
     which = ("all" if args.all else "tuning" if args.tuning else "wide" if args.wide
              else "default")
     return run(which, args.policy, options)

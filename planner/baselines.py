@@ -427,6 +427,15 @@ def hadis_ac(solver: str = "gurobi", **kw) -> HadisPlanner:
     return HadisPlanner(solver, name="hadis-ac", **kw)
 
 
+def hadis_km(solver: str = "gurobi", **kw) -> HadisPlanner:
+    """Ablation ``hadis-km``: the paper's HADIS whose every plan keeps orphaned light work
+    on its model (``Plan.orphans_keep_model``, ``policy.orphan_destination``) without
+    checking that the heavy role absorbs it, to measure what that shell rule alone does
+    to the paper's planner (``docs/plus.md``, seventh pass)."""
+    kw.setdefault("orphans_keep_model", True)
+    return HadisPlanner(solver, name="hadis-km", **kw)
+
+
 PLANNERS: dict[str, Callable[..., object]] = {
     "hadis": HadisPlanner,
     "clipper-light": clipper_light,
@@ -444,6 +453,7 @@ PLANNERS: dict[str, Callable[..., object]] = {
     "hadis-plus-fd": hadis_plus_fd,
     "hadis-plus-ac": hadis_plus_ac,
     "hadis-ac": hadis_ac,
+    "hadis-km": hadis_km,
 }
 
 

@@ -568,9 +568,11 @@ class HadisPlanner:
                  spread: bool = True, time_limit_s: float = TIME_LIMIT_S,
                  name: str | None = None, routing: str = "score",
                  switch_cost: bool = False, swap_delay_s: float = 10.0,
-                 shed_at_arrival: bool = False) -> None:
+                 shed_at_arrival: bool = False, orphans_keep_model: bool = False) -> None:
         self.solver = solver
         self.shed_at_arrival = bool(shed_at_arrival)  # plans ask the front door to shed
+        # plans keep orphaned light work on its model (``policy.orphan_destination``)
+        self.orphans_keep_model = bool(orphans_keep_model)
         self.fallback = fallback
         self.safety = safety
         self.hysteresis = Hysteresis() if hysteresis is None else hysteresis
@@ -597,6 +599,8 @@ class HadisPlanner:
 
     def plan(self, state: PlannerState) -> Plan:
         plan = self._decide(state)
+        if self.orphans_keep_model:
+            plan = replace(plan, orphans_keep_model=True)
         return replace(plan, shed_at_arrival=True) if self.shed_at_arrival else plan
 
     def _decide(self, state: PlannerState) -> Plan:
@@ -696,10 +700,12 @@ class HadisPlanner:
 def _strands(plan: Plan, state: PlannerState) -> bool:
     """Whether ``plan`` leaves queued work of a role (light, heavy) on queues without
     workers: a role its configuration does not route to (a single-model row serves both)."""
-    from planner.plus import role_backlog
+    from planner.plus import light_backlog_on, role_backlog
 
     light, heavy = role_backlog(state)
     if plan.config.light == plan.config.heavy:
         return False
     roles = routed_load(plan.config)
+    if plan.orphans_keep_model and "heavy" in roles:  # that light work stays on its model
+        light -= light_backlog_on(state).get(plan.config.heavy, 0)
     return (light > 0 and "light" not in roles) or (heavy > 0 and "heavy" not in roles)

@@ -215,6 +215,8 @@ class Plan:
     note: str = ""
     memory: Mapping[str, Any] = field(default_factory=dict)  # the planner's state (JSON)
     shed_at_arrival: bool = False  # the front door refuses a query predicted to finish late
+    orphans_keep_model: bool = False  # light work of a model this plan makes heavy stays on
+    #                                   that model (``policy.orphan_destination``)
 
     @property
     def pair(self) -> tuple[int, int]:
@@ -247,6 +249,7 @@ class Plan:
             "path_latency_s": dict(self.path_latency_s), "solver": self.solver,
             "solve_ms": self.solve_ms, "routing": self.routing, "note": self.note,
             "memory": dict(self.memory), "shed_at_arrival": self.shed_at_arrival,
+            "orphans_keep_model": self.orphans_keep_model,
         }
 
     @classmethod
@@ -267,6 +270,7 @@ class Plan:
             routing=str(d.get("routing", "score")), note=str(d.get("note", "")),
             memory=dict(d.get("memory") or {}),
             shed_at_arrival=bool(d.get("shed_at_arrival", False)),
+            orphans_keep_model=bool(d.get("orphans_keep_model", False)),
         )
 
 

@@ -115,6 +115,8 @@ class PlusOptions:
     rate_window_s: float = 5.0  # the period a measured rate covers (the planning period)
     ewma_lag_s: float = 14.4  # queries of a step the EWMA misses, in seconds of the step's
     #                           excess rate (the EWMA's time constant: half-life / ln 2)
+    keep_model: bool = False  # a plan may keep orphaned light work on its model when that
+    #                           model turns heavy (``Plan.orphans_keep_model``), where feasible
     max_utilisation: float = 1.0  # capacity covers demand / this (as HADIS)
     violation_budget: float = 0.0  # may plan to shed up to this share of demand + backlog
     overload_loss: bool = False  # overload: rank by the predicted lost queries over all roles,
@@ -352,6 +354,22 @@ def role_backlog(state: PlannerState) -> tuple[int, int]:
     return light, heavy
 
 
+def light_backlog_on(state: PlannerState) -> dict[int, int]:
+    """Queued queries per model on that model's light queue: what a plan that makes the
+    model heavy and another model light keeps on the model's heavy queue when it sets
+    ``orphans_keep_model`` (``policy.orphan_destination``), instead of sending it to the
+    new light model."""
+    out: dict[int, int] = {}
+    for name, q in state.queues.items():
+        if name.startswith("light_") and q.length:
+            try:
+                m = state.registry.by_queue(name).id
+            except KeyError:
+                continue
+            out[m] = out.get(m, 0) + q.length
+    return out
+
+
 def previous_models(state: PlannerState) -> dict[int, int] | None:
     """Workers per model under the previous plan (None: no previous plan, nothing to swap)."""
     if state.previous is None:
@@ -389,21 +407,39 @@ def swap_delays(cand: Candidates, state: PlannerState, opt: PlusOptions) -> np.n
     return table[np.where(cand.model >= 0, cand.model, len(table) - 1)]
 
 
+def moved_light_backlog(cand: Candidates, state: PlannerState) -> np.ndarray:
+    """(n,) light work each candidate would keep on its heavy model under
+    ``orphans_keep_model``: what waits on that model's light queue (a pair row that serves
+    its heavy role; a single-model row keeps its one queue anyway)."""
+    on = light_backlog_on(state)
+    if not on:
+        return np.zeros(len(cand.row))
+    heavy_model = np.where(cand.role[:, 0] == 1, cand.model[:, 0], cand.model[:, 1])
+    waiting = np.array([float(on.get(int(m), 0)) for m in heavy_model])
+    return np.where(cand.single | ~cand.has_role[:, 1], 0.0, waiting)
+
+
 def evaluate(cand: Candidates, state: PlannerState, demand: float, opt: PlusOptions,
-             extra: np.ndarray | float = 0.0) -> Evaluation:
+             extra: np.ndarray | float = 0.0, keep_model: bool = False) -> Evaluation:
     """Capacity, waits and path latencies of every candidate under ``state``; ``extra``
-    (per candidate and slot) is queued on top of the backlog (a step's growth)."""
+    (per candidate and slot) is queued on top of the backlog (a step's growth);
+    ``keep_model``: the plan's orphaned light work stays on its model
+    (``policy.orphan_destination``), so it is charged to the heavy role."""
     used = cand.role >= 0
     mu1 = cand.workers * cand.thr
     lam = demand * cand.load
     with np.errstate(divide="ignore", invalid="ignore"):
         util = np.where(used, np.where(mu1 > 0, lam / mu1, np.inf), 0.0)
     bl, bh = role_backlog(state)
-    backlog = np.where(cand.role == 0, bl, np.where(cand.role == 1, bh, 0)).astype(float)
+    moved = moved_light_backlog(cand, state) if keep_model else np.zeros(len(cand.row))
+    bl_row, bh_row = bl - moved, bh + moved
+    backlog = np.where(cand.role == 0, bl_row[:, None],
+                       np.where(cand.role == 1, bh_row[:, None], 0.0)).astype(float)
     backlog[cand.single, 0] = bl + bh  # a single-model row serves both roles on one queue
     backlog = backlog + extra
     stranded = np.where(cand.single, 0,
-                        np.where(cand.has_role[:, 0], 0, bl) + np.where(cand.has_role[:, 1], 0, bh))
+                        np.where(cand.has_role[:, 0], 0, bl_row)
+                        + np.where(cand.has_role[:, 1], 0, bh_row))
     prev = previous_models(state)
     if prev is None:
         kept = cand.workers.astype(float)
@@ -608,16 +644,41 @@ class HadisPlusPlanner:
         t0 = time.perf_counter()
         lam, level, memory = self.demand_step(state)
         cand = candidates(state.table, state.registry, state.workers, state.slo_s)
-        ev = evaluate(cand, state, lam, self.options)
+        ev, keep = self._evaluate(cand, state, lam)
         best, served, backlog_ignored, note = self._choose(state, cand, ev, lam)
         if level > lam and not self._absorbs(state, cand, ev, best, level - lam):
             ewma, lam = lam, level  # the queues cannot absorb the EWMA's lag: plan for the step
-            ev = evaluate(cand, state, lam, self.options)
+            ev, keep = self._evaluate(cand, state, lam)
             best, served, backlog_ignored, note = self._choose(state, cand, ev, lam)
             note = "; ".join(x for x in (f"step: planned for the measured {level:.3g} q/s "
                                          f"(EWMA {ewma:.3g})", note) if x)
         plan = self._build(state, cand, ev, best, lam, served, backlog_ignored, note)
-        return replace(plan, solve_ms=(time.perf_counter() - t0) * 1e3, memory=memory)
+        return replace(plan, solve_ms=(time.perf_counter() - t0) * 1e3, memory=memory,
+                       orphans_keep_model=bool(keep[best]))
+
+    def _evaluate(self, cand: Candidates, state: PlannerState, lam: float
+                  ) -> tuple[Evaluation, np.ndarray]:
+        """``evaluate`` with, per candidate, where its orphaned light work goes: with
+        ``keep_model``, it stays on its model (``orphans_keep_model``) where that is
+        feasible, or, when neither is, loses no more work; else to the new light model.
+        Returns the evaluation under each candidate's choice and the choice."""
+        role = evaluate(cand, state, lam, self.options)
+        keep = np.zeros(len(cand.row), dtype=bool)
+        if not self.options.keep_model:
+            return role, keep
+        moves = moved_light_backlog(cand, state) > 0
+        if not moves.any():
+            return role, keep
+        kept = evaluate(cand, state, lam, self.options, keep_model=True)
+        ok_kept = self._feasible(cand, kept, state, lam)
+        ok_role = self._feasible(cand, role, state, lam)
+        loses_less = (predicted_loss(cand, kept, state, lam)
+                      <= predicted_loss(cand, role, state, lam) + EPS)
+        keep = moves & (ok_kept | (~ok_role & loses_less))
+        merged = {f.name: np.where(keep.reshape((-1,) + (1,) * (getattr(role, f.name).ndim - 1)),
+                                   getattr(kept, f.name), getattr(role, f.name))
+                  for f in fields(Evaluation)}
+        return Evaluation(**merged), keep
 
     def _feasible(self, cand: Candidates, ev: Evaluation, state: PlannerState, lam: float
                   ) -> np.ndarray:
@@ -771,6 +832,9 @@ def plus_check(plan: Plan, state: PlannerState, options: PlusOptions | None = No
     bl, bh = role_backlog(state)
     prev = previous_models(state)
     load = routed_load(cfg)
+    if plan.orphans_keep_model and cfg.light != cfg.heavy and "heavy" in load:
+        moved = light_backlog_on(state).get(cfg.heavy, 0)  # it stays on its model
+        bl, bh = bl - moved, bh + moved
     hop: dict[str, float] = {}
     backlog_of: dict[str, float] = {}
     for role, share in load.items():

@@ -62,6 +62,7 @@ class ActivePlan:
     workers: Mapping[str, int] = field(default_factory=dict)
     published_at: float = 0.0
     shed_at_arrival: bool = False  # the front door refuses what ``admits`` says is too late
+    orphans_keep_model: bool = False  # ``orphan_destination``: light work stays on its model
 
     @property
     def single(self) -> bool:
@@ -95,7 +96,8 @@ class ActivePlan:
                    routing=plan.routing, router_ratio=float(c.router_ratio),
                    batch=dict(plan.batch), workers=dict(plan.workers),
                    published_at=time.time() if now is None else now,
-                   shed_at_arrival=bool(plan.shed_at_arrival))
+                   shed_at_arrival=bool(plan.shed_at_arrival),
+                   orphans_keep_model=bool(plan.orphans_keep_model))
 
     def to_dict(self) -> dict:
         return {"plan_id": self.plan_id, "light": self.light, "heavy": self.heavy,
@@ -104,7 +106,8 @@ class ActivePlan:
                 "router_ratio": self.router_ratio,
                 "batch": {str(k): int(v) for k, v in self.batch.items()},
                 "workers": dict(self.workers), "published_at": self.published_at,
-                "shed_at_arrival": self.shed_at_arrival}
+                "shed_at_arrival": self.shed_at_arrival,
+                "orphans_keep_model": self.orphans_keep_model}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ActivePlan:
@@ -115,7 +118,8 @@ class ActivePlan:
                    batch={int(k): int(v) for k, v in dict(d["batch"]).items()},
                    workers={str(k): int(v) for k, v in dict(d.get("workers", {})).items()},
                    published_at=float(d.get("published_at", 0.0)),
-                   shed_at_arrival=bool(d.get("shed_at_arrival", False)))
+                   shed_at_arrival=bool(d.get("shed_at_arrival", False)),
+                   orphans_keep_model=bool(d.get("orphans_keep_model", False)))
 
 
 # -- front door ---------------------------------------------------------------------------
@@ -260,7 +264,15 @@ def orphan_destination(plan: ActivePlan, queue: str, served: Collection[str]) ->
     Only a queue with a consumer is ever chosen, and the choice follows what the queued
     query has been through. A message on a light queue was not generated yet: the plan's
     light queue, else its heavy queue (an all-heavy plan, θ = -inf, has no light worker;
-    the query simply gets the heavy model's image). A message on a heavy queue (routed
+    the query simply gets the heavy model's image). A plan with ``orphans_keep_model``
+    first keeps it on its model when the plan still runs that model as its heavy one (a
+    switch from pair B:C to A:B keeps B): the query gets the image of the model the router
+    chose for it, unjudged, instead of the new light model's. Which is better depends on
+    the load: after a rise to a cheaper pair, the faster new light model drains the backlog
+    in time; at light load, or when a plan flips back and forth, keeping the model keeps
+    quality. So the planner decides, per plan (``planner.plus``, which charges the backlog
+    where this rule sends it; HADIS's plans never ask for it).
+    A message on a heavy queue (routed
     heavy, or rerouted after its light image was judged poor) goes only to the plan's heavy
     queue: it never falls back to a light model, whose image the router or the
     discriminator already judged not good enough. Moving it to a light queue was tried:
@@ -271,8 +283,11 @@ def orphan_destination(plan: ActivePlan, queue: str, served: Collection[str]) ->
     """
     if queue in served:
         return None
-    order = ((plan.heavy_queue,) if queue.startswith("heavy_")
-             else (plan.light_queue, plan.heavy_queue))
+    if queue.startswith("heavy_"):
+        order: tuple[str, ...] = (plan.heavy_queue,)
+    else:
+        same = ("heavy_" + queue[len("light_"):],) if plan.orphans_keep_model else ()
+        order = (*same, plan.light_queue, plan.heavy_queue)
     return next((q for q in order if q != queue and q in served), None)
 
 

@@ -294,6 +294,45 @@ def pair_curves(grid: Iterable[CascadeConfig], registry: Registry, surface: FidS
             for key, ps in sorted(own.items())}
 
 
+def one_pair_fid_at(curves: dict[str, list[tuple[float, float, str]]], cost: float
+                    ) -> tuple[float, str] | None:
+    """The best ``(FID, pair)`` one pair reaches at ``cost`` worker-seconds per query along
+    its own curve (``pair_curves``; budget beyond a curve's end buys nothing more); None
+    when no pair runs that cheaply."""
+    got = [(float(np.interp(cost, [h[0] for h in cv], [h[1] for h in cv])), key)
+           for key, cv in curves.items() if cost >= cv[0][0] - TOL]
+    return min(got) if got else None
+
+
+def concurrent_pair_gain(arrival_s: np.ndarray, hull: Sequence[tuple[float, float, str]],
+                         curves: dict[str, list[tuple[float, float, str]]], workers: int,
+                         period_s: float, slo_s: float) -> tuple[float, float]:
+    """Arrival-weighted ``(hull FID, best one-pair FID)`` at each planning period's budget.
+
+    A period's budget is ``workers`` over the mean arrival rate of the SLO centred on it (a
+    query may wait up to the SLO, so that is the load its plan carries), clipped to the
+    hull's range. The hull there is what a plan serving two pairs at once (three models,
+    each query on one pair) reaches without switching; one pair is what a plan of one pair
+    reaches. Their difference estimates what such plans would add to the policy, at the
+    policy's own loads, without the foresight the LP has."""
+    t = np.asarray(arrival_s, dtype=float)
+    if not len(t):
+        return float("nan"), float("nan")
+    counts = np.bincount(np.floor(t / period_s).astype(int)).astype(float)
+    k = max(1, int(round(slo_s / period_s)))
+    rate = np.convolve(counts, np.ones(k) / k, mode="same") / period_s
+    xs, ys = [h[0] for h in hull], [h[1] for h in hull]
+    h_fid = o_fid = 0.0
+    for n, lam in zip(counts, rate, strict=True):
+        if n == 0:
+            continue
+        c = float(np.clip(workers / max(lam, TOL), xs[0], xs[-1]))
+        h_fid += n * float(np.interp(c, xs, ys))
+        one = one_pair_fid_at(curves, c)
+        o_fid += n * (one[0] if one is not None else ys[0])
+    return h_fid / len(t), o_fid / len(t)
+
+
 @dataclass(frozen=True)
 class OnePairResult:
     fid: float | None  # least fid_all found (None: no schedule at that violation ratio)

@@ -31,7 +31,8 @@ per-query rules, routing, deadline checks and discriminator verdicts, are the fu
   changing role on the same model is free. Queued queries of a queue that loses all its
   workers move to a queue of the new plan that has workers
   (``policy.orphan_destination``: the same role's queue; a light query not generated yet
-  may go heavy under an all-heavy plan, heavy work never goes light), or stay when none has.
+  may go heavy under an all-heavy plan, or stay on its model under a plan that keeps it
+  there, ``orphans_keep_model``; heavy work never goes light), or stay when none has.
   An image is credited (for FID) to the pair of its arrival, or of the plan whose
   discriminator rerouted it; one served by another model than that pair names for its path
   (it moved with its queue) counts as that model's single-model image, so no policy gets a

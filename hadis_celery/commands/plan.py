@@ -106,6 +106,9 @@ def command(ctx: click.Context, profile: str | None, version: int | None, url: s
     if plan.shed_at_arrival:
         click.echo("  admission sheds at arrival: the front door refuses (503 over_capacity) a "
                    "prompt its queue cannot finish within the SLO")
+    if plan.orphans_keep_model:
+        click.echo(f"  orphans   light work queued for {names[c.heavy]} stays on it (its heavy "
+                   "queue) instead of moving to the new light model")
     click.echo(f"  solver    {plan.solver}, {plan.solve_ms:.1f} ms"
                + (f"  ({plan.note})" if plan.note else ""))
 

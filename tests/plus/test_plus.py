@@ -131,6 +131,29 @@ def test_backlog_follows_its_role_to_the_new_queue(data):
     assert plus_problems(queued, st) == []
 
 
+def test_keep_model_charges_a_kept_backlog_to_the_heavy_role(data):
+    """``keep_model``: after a plan on 1:2 leaves 144 queries on the SD3.5-Large-Turbo
+    light queue, the next plan moves to 0:1 with Turbo as heavy. Kept on Turbo, the backlog
+    is charged to the heavy role (the light path no longer waits for it) and the plan says
+    so; without the option, or when Turbo cannot absorb it (600), it goes to the new light
+    model. Every plan passes the plus model's independent check."""
+    table = data[0]
+    first = HadisPlusPlanner().plan(state(table, 6.0))
+    assert first.pair == (1, 2)
+    seen = {}
+    for n, keep in ((144, False), (144, True), (600, True)):
+        st = state(table, 12.0, {LIGHT1: QueueState(n, 6.0)}, first)
+        opt = PlusOptions(keep_model=keep)
+        p = HadisPlusPlanner(options=opt).plan(st)
+        assert p.pair == (0, 1) and plus_problems(p, st, opt) == []
+        seen[(n, keep)] = p
+    plain, kept, big = seen[(144, False)], seen[(144, True)], seen[(600, True)]
+    assert not plain.orphans_keep_model and kept.orphans_keep_model
+    assert not big.orphans_keep_model
+    assert kept.path_latency_s["light"] < plain.path_latency_s["light"] - 10
+    assert kept.path_latency_s["heavy"] > plain.path_latency_s["heavy"] + 10
+
+
 def test_switch_cost_keeps_a_switch_from_stranding_a_backlog(data):
     """All workers on the fast model with a backlog: a switch to slower models must absorb
     its 10 s swap; without the swap cost the planner takes more risk."""

@@ -100,6 +100,29 @@ def test_orphan_destination_only_ever_chooses_a_queue_with_a_consumer():
             assert d is None or (d in served and d != q)
 
 
+def test_a_plan_may_keep_orphaned_light_work_on_its_model():
+    """``orphans_keep_model``: light work of a model the plan runs as heavy goes to that
+    model's heavy queue, not to the new light model; otherwise, and without the flag, the
+    rule is unchanged. The flag travels with the plan the beat publishes."""
+    from dataclasses import replace
+
+    p = _active(tau=0.3)  # pair SDXL-Lightning -> SD3.5-Large
+    keep = replace(p, orphans_keep_model=True)
+    both = {"light_sdxl", "heavy_sd35_large"}
+    assert policy.orphan_destination(p, "light_sd35_large", both) == "light_sdxl"
+    assert policy.orphan_destination(keep, "light_sd35_large", both) == "heavy_sd35_large"
+    # a model the plan does not run: the plan's light queue, as without the flag
+    assert policy.orphan_destination(keep, "light_sd35_medium", both) == "light_sdxl"
+    # heavy work is not touched by the flag
+    assert policy.orphan_destination(keep, "heavy_sd35_medium", both) == "heavy_sd35_large"
+    assert policy.orphan_destination(keep, "light_sd35_large", {"light_sdxl"}) == "light_sdxl"
+    assert policy.ActivePlan.from_dict(keep.to_dict()).orphans_keep_model
+    assert not policy.ActivePlan.from_dict(p.to_dict()).orphans_keep_model
+    plan = replace(plan_for(0, 3, tau=0.3), orphans_keep_model=True)
+    assert policy.ActivePlan.from_plan(plan, sd35_registry()).orphans_keep_model
+    assert type(plan).from_dict(plan.to_dict()).orphans_keep_model
+
+
 def test_the_simulator_moves_a_light_backlog_to_the_heavy_queue_of_an_all_heavy_plan():
     """The live defect of issue 16 in the simulator: a light-only plan builds a backlog on
     the light queue, the next plan puts every worker on the heavy queue. Before the shared
