@@ -286,7 +286,8 @@ def orphan_destination(plan: ActivePlan, queue: str, served: Collection[str]) ->
     if queue.startswith("heavy_"):
         order: tuple[str, ...] = (plan.heavy_queue,)
     else:
-        same = ("heavy_" + queue[len("light_"):],) if plan.orphans_keep_model else ()
+        own = "heavy_" + queue[len("light_"):]  # the same model's heavy queue
+        same = (own,) if plan.orphans_keep_model and own == plan.heavy_queue else ()
         order = (*same, plan.light_queue, plan.heavy_queue)
     return next((q for q in order if q != queue and q in served), None)
 

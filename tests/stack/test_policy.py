@@ -111,8 +111,11 @@ def test_a_plan_may_keep_orphaned_light_work_on_its_model():
     both = {"light_sdxl", "heavy_sd35_large"}
     assert policy.orphan_destination(p, "light_sd35_large", both) == "light_sdxl"
     assert policy.orphan_destination(keep, "light_sd35_large", both) == "heavy_sd35_large"
-    # a model the plan does not run: the plan's light queue, as without the flag
+    # a model the plan does not run: the plan's light queue, as without the flag, even
+    # when some worker still consumes that model's heavy queue
     assert policy.orphan_destination(keep, "light_sd35_medium", both) == "light_sdxl"
+    stale = both | {"heavy_sd35_medium"}
+    assert policy.orphan_destination(keep, "light_sd35_medium", stale) == "light_sdxl"
     # heavy work is not touched by the flag
     assert policy.orphan_destination(keep, "heavy_sd35_medium", both) == "heavy_sd35_large"
     assert policy.orphan_destination(keep, "light_sd35_large", {"light_sdxl"}) == "light_sdxl"
