@@ -1,7 +1,7 @@
 """HADIS, the successor hadis-plus-ac (or another policy) and the fluid bound, on heavier
 Azure-shaped traces.
 
-Run from the repo root: ``python -m bench.bound`` (103 s on the shared 2-core machine: the three
+Run from the repo root: ``python -m bench.bound`` (103-107 s on the shared 2-core machine: the three
 reference traces and the 12 generated ones of ``sim.azure``, 4 shapes x peaks 40/60/80 q/s,
 at SLO 60 s and 30 s, 16 workers). ``--all`` runs 7 shapes x 6 peaks (about 4x longer);
 ``--tuning`` runs only the held-out traces that variants were tried on (never reported);

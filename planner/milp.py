@@ -700,12 +700,10 @@ class HadisPlanner:
 def _strands(plan: Plan, state: PlannerState) -> bool:
     """Whether ``plan`` leaves queued work of a role (light, heavy) on queues without
     workers: a role its configuration does not route to (a single-model row serves both)."""
-    from planner.plus import light_backlog_on, role_backlog
+    from planner.plus import role_backlog
 
     light, heavy = role_backlog(state)
     if plan.config.light == plan.config.heavy:
         return False
     roles = routed_load(plan.config)
-    if plan.orphans_keep_model and "heavy" in roles:  # that light work stays on its model
-        light -= light_backlog_on(state).get(plan.config.heavy, 0)
     return (light > 0 and "light" not in roles) or (heavy > 0 and "heavy" not in roles)
